@@ -1,0 +1,1 @@
+"""data_utils: synthetic dataset, webdataset shard writer and resumable streaming loader."""

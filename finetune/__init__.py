@@ -1,0 +1,1 @@
+"""finetune: one module per downstream task (preset config + data + the training loop)."""

@@ -1,0 +1,70 @@
+"""The `cogview` command: one subcommand per task; user errors print one line and exit 2."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Callable, Sequence
+
+# (module, function) pairs; each function is `register(subparsers) -> None` and adds one or more
+# subcommands whose parser sets `func=callable(args) -> int | None`.
+COMMAND_MODULES: tuple[str, ...] = (
+    "megatron_cogview.commands.info",
+    "tokenization.cli",
+    "data_utils.cli",
+)
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Exception types that mean 'the user asked for something wrong' (not a bug)."""
+    types: list[type[BaseException]] = [FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError]
+    for module, name in (
+        ("megatron_cogview.config", "ConfigError"),
+        ("megatron_cogview.parallel.state", "ParallelStateError"),
+        ("tokenization.errors", "TokenizationError"),
+        ("data_utils.errors", "DataError"),
+    ):
+        try:
+            types.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(types)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full `cogview` parser with every available subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="cogview", description="megatron-cogview: train, sample and convert CogView text-to-image models"
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        try:
+            register: Callable[[argparse._SubParsersAction], None] = importlib.import_module(module).register
+        except ModuleNotFoundError as e:  # a subcommand module that is not part of this build
+            if e.name and module.startswith(e.name):
+                continue
+            raise
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `cogview` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        code = args.func(args)
+    except user_error_types() as e:
+        print(f"cogview {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cogview {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

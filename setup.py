@@ -1,0 +1,30 @@
+"""megatron-cogview: a tested, model-parallel re-implementation of CogView (NeurIPS 2021)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="megatron-cogview",
+    version="0.1.0",
+    description="Megatron/DeepSpeed-style model-parallel training of CogView text-to-image transformers",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(
+        include=["megatron_cogview*", "tokenization*", "data_utils*", "finetune*"]
+    ),
+    install_requires=[
+        "torch>=2.1",
+        "deepspeed>=0.14",
+        "sentencepiece>=0.1.99",
+        "numpy>=1.24",
+        "webdataset>=0.2.86",
+        "pillow>=10.0",
+        "tqdm>=4.60",
+        "safetensors>=0.4",
+    ],
+    extras_require={
+        "dev": ["pytest>=7.4", "pytest-timeout>=2.2"],
+        "tensorboard": ["tensorboard>=2.14"],
+        "bench": ["transformers>=4.40"],
+    },
+    entry_points={"console_scripts": ["cogview=megatron_cogview.cli:main"]},
+)

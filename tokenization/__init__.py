@@ -1,0 +1,1 @@
+"""tokenization: SentencePiece text tokenizer, VQ-VAE image tokenizer and CogView's unified token layout."""
