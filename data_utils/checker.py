@@ -1,0 +1,100 @@
+"""Attribute checker: reads a synthetic image back into (colour, shape, position) by pixel analysis."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .synth import COLORS, Combination
+
+_PALETTE = np.array(list(COLORS.values()), dtype=np.float32)  # [c, 3]
+_NAMES = list(COLORS)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What the checker read from one image; fields are None when nothing was found."""
+
+    color: str | None
+    shape: str | None
+    position: str | None
+    fill: float = 0.0  # fraction of the bounding box covered by the shape
+
+    @property
+    def combination(self) -> Combination | None:
+        """(colour, shape, position), or None when any attribute is missing."""
+        if self.color is None or self.shape is None or self.position is None:
+            return None
+        return (self.color, self.shape, self.position)
+
+
+def _as_array(image: Image.Image | np.ndarray) -> np.ndarray:
+    """An [h, w, 3] float32 array from a PIL image or an array of uint8/float values."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"), dtype=np.float32)
+    arr = np.asarray(image, dtype=np.float32)
+    if arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[-1] != 3:
+        arr = arr.transpose(1, 2, 0)  # [3, h, w] -> [h, w, 3]
+    if arr.max() <= 1.0:
+        arr = arr * 255.0
+    return arr
+
+
+def _largest_blob(mask: np.ndarray) -> np.ndarray:
+    """The largest 4-connected component of a boolean mask (removes stray noise pixels)."""
+    labels = np.zeros(mask.shape, dtype=np.int32)
+    best, best_size, current = 0, 0, 0
+    h, w = mask.shape
+    for y0, x0 in zip(*np.nonzero(mask)):
+        if labels[y0, x0]:
+            continue
+        current += 1
+        stack, size = [(y0, x0)], 0
+        labels[y0, x0] = current
+        while stack:
+            y, x = stack.pop()
+            size += 1
+            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not labels[ny, nx]:
+                    labels[ny, nx] = current
+                    stack.append((ny, nx))
+        if size > best_size:
+            best, best_size = current, size
+    return labels == best
+
+
+def check_image(image: Image.Image | np.ndarray, threshold: float = 60.0) -> CheckResult:
+    """Read (colour, shape, position) from one image with a plain background and one shape."""
+    arr = _as_array(image)
+    h, w = arr.shape[:2]
+    border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])  # [2h+2w, 3]
+    background = np.median(border, axis=0)
+    mask = np.linalg.norm(arr - background, axis=-1) > threshold
+    if mask.sum() < 4:
+        return CheckResult(None, None, None)
+    mask = _largest_blob(mask)
+    mean = arr[mask].mean(axis=0)
+    color = _NAMES[int(np.argmin(np.linalg.norm(_PALETTE - mean, axis=-1)))]
+    ys, xs = np.nonzero(mask)
+    cy, cx = ys.mean(), xs.mean()
+    position = ("top" if cy < h / 2 else "bottom") + " " + ("left" if cx < w / 2 else "right")
+    box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+    fill = float(mask.sum() / box)
+    shape = "square" if fill > 0.9 else "circle" if fill > 0.645 else "triangle"
+    return CheckResult(color, shape, position, fill)
+
+
+def score(images: Iterable[Image.Image | np.ndarray], expected: Sequence[Combination]) -> dict[str, float]:
+    """Accuracy of each attribute and of all three together against the expected combinations."""
+    hits = {"color": 0, "shape": 0, "position": 0, "all": 0}
+    n = 0
+    for image, (color, shape, position) in zip(images, expected, strict=True):
+        r = check_image(image)
+        ok = (r.color == color, r.shape == shape, r.position == position)
+        for name, good in zip(("color", "shape", "position"), ok):
+            hits[name] += int(good)
+        hits["all"] += int(all(ok))
+        n += 1
+    return {k: v / max(n, 1) for k, v in hits.items()}

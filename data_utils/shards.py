@@ -1,0 +1,182 @@
+"""Token-sequence samples in tar shards, and the dataset manifest (`dataset.json`) beside them."""
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import DataError
+
+MANIFEST_NAME = "dataset.json"
+MANIFEST_FORMAT = "cogview-token-shards"
+MANIFEST_VERSION = 1
+TOKENS_FIELD = "tokens.npy"
+POSITIONS_FIELD = "position_ids.npy"
+CAPTION_FIELD = "txt"
+META_FIELD = "json"
+
+
+def storage_dtype(vocab_size: int) -> str:
+    """The narrowest dtype name that holds every id of a vocabulary."""
+    return "uint16" if vocab_size <= np.iinfo(np.uint16).max + 1 else "int32"
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    """An array as .npy bytes."""
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _npy_load(data: bytes) -> np.ndarray:
+    """An array from .npy bytes (no pickles)."""
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def encode_sample(
+    key: str, tokens: np.ndarray, position_ids: np.ndarray, caption: str, meta: dict[str, Any], dtype: str
+) -> dict[str, object]:
+    """A tar sample dict for one fixed-length sequence."""
+    return {
+        "__key__": key,
+        TOKENS_FIELD: _npy_bytes(np.asarray(tokens).astype(dtype)),
+        POSITIONS_FIELD: _npy_bytes(np.asarray(position_ids).astype(dtype)),
+        CAPTION_FIELD: caption,
+        META_FIELD: json.dumps(meta, ensure_ascii=False),
+    }
+
+
+@dataclass(frozen=True)
+class TokenSample:
+    """One decoded sequence: int64 tokens and position ids of length seq_len."""
+
+    key: str
+    tokens: np.ndarray
+    position_ids: np.ndarray
+    caption: str
+    meta: dict[str, Any]
+
+
+def decode_sample(sample: dict[str, object], seq_len: int) -> TokenSample:
+    """Check and decode a raw tar sample; raises ValueError naming the defect."""
+    missing = [f for f in (TOKENS_FIELD, POSITIONS_FIELD) if f not in sample]
+    if missing:
+        raise ValueError(f"missing fields {missing}")
+    tokens = _npy_load(sample[TOKENS_FIELD]).astype(np.int64)  # type: ignore[arg-type]
+    positions = _npy_load(sample[POSITIONS_FIELD]).astype(np.int64)  # type: ignore[arg-type]
+    if tokens.shape != (seq_len,) or positions.shape != (seq_len,):
+        raise ValueError(f"sequence shape {tokens.shape}/{positions.shape}, expected ({seq_len},)")
+    caption = bytes(sample.get(CAPTION_FIELD, b"")).decode("utf-8")  # type: ignore[arg-type]
+    meta = json.loads(bytes(sample[META_FIELD]).decode("utf-8")) if META_FIELD in sample else {}  # type: ignore[arg-type]
+    return TokenSample(str(sample["__key__"]), tokens, positions, caption, meta)
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard file (relative to the manifest's folder) and how many samples it holds."""
+
+    name: str
+    samples: int
+
+
+@dataclass
+class Manifest:
+    """What a folder of token shards holds and how it was made (`dataset.json`)."""
+
+    task: str
+    seq_len: int
+    dtype: str
+    layout: dict[str, int]
+    layout_fingerprint: str
+    text_tokenizer: str
+    image_tokenizer: str
+    shards: list[ShardInfo]
+    stats: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    root: str = ""  # folder the manifest was read from (not stored)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples in all shards."""
+        return sum(s.samples for s in self.shards)
+
+    def shard_paths(self) -> list[str]:
+        """Absolute paths of the shards, in manifest order."""
+        return [os.path.join(self.root, s.name) for s in self.shards]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON content of dataset.json."""
+        data = asdict(self)
+        data.pop("root")
+        data["shards"] = [asdict(s) for s in self.shards]
+        return {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "num_samples": self.num_samples, **data}
+
+    def save(self, folder: str) -> str:
+        """Write dataset.json atomically into `folder`; returns its path."""
+        path = os.path.join(folder, MANIFEST_NAME)
+        tmp = path + ".partial"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=1, ensure_ascii=False)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str) -> "Manifest":
+        """Read a manifest from a dataset folder or a dataset.json path."""
+        file = os.path.join(path, MANIFEST_NAME) if os.path.isdir(path) else path
+        if not os.path.exists(file):
+            raise DataError(f"no {MANIFEST_NAME} at {path}; point at a folder made by `cogview preprocess`")
+        try:
+            with open(file, encoding="utf-8") as f:
+                data = json.load(f)
+            if data.get("format") != MANIFEST_FORMAT:
+                raise ValueError(f"format is {data.get('format')!r}, not {MANIFEST_FORMAT!r}")
+            if data.get("version") != MANIFEST_VERSION:
+                raise ValueError(f"version {data.get('version')} is not {MANIFEST_VERSION}")
+            data = {k: v for k, v in data.items() if k not in ("format", "version", "num_samples")}
+            data["shards"] = [ShardInfo(**s) for s in data["shards"]]
+            return cls(**data, root=os.path.dirname(os.path.abspath(file)))
+        except (ValueError, TypeError, KeyError) as e:
+            raise DataError(f"{file} is not a valid dataset manifest ({e}); re-run `cogview preprocess`") from e
+
+    def check(
+        self,
+        *,
+        text_tokenizer: str | None = None,
+        image_tokenizer: str | None = None,
+        layout_fingerprint: str | None = None,
+        seq_len: int | None = None,
+    ) -> None:
+        """Refuse data made with other tokenizers, another id layout or another sequence length."""
+        expected = {
+            "text tokenizer": (text_tokenizer, self.text_tokenizer),
+            "image tokenizer": (image_tokenizer, self.image_tokenizer),
+            "token layout": (layout_fingerprint, self.layout_fingerprint),
+            "sequence length": (seq_len, self.seq_len),
+        }
+        for what, (want, have) in expected.items():
+            if want is not None and want != have:
+                raise DataError(
+                    f"dataset {self.root} was made with another {what} ({_short(have)}, expected {_short(want)}); "
+                    "re-run `cogview preprocess` with the tokenizers you train with"
+                )
+
+    def check_same_tokens(self, other: "Manifest") -> None:
+        """Refuse to mix two datasets whose token ids or lengths disagree."""
+        self_ids = (self.text_tokenizer, self.image_tokenizer, self.layout_fingerprint, self.seq_len)
+        other_ids = (other.text_tokenizer, other.image_tokenizer, other.layout_fingerprint, other.seq_len)
+        if self_ids != other_ids:
+            raise DataError(
+                f"datasets {self.root} and {other.root} were made with different tokenizers, layouts or "
+                "sequence lengths; preprocess both with the same tokenizers and --seq-len"
+            )
+
+
+def _short(value: object) -> str:
+    """A fingerprint shortened for messages."""
+    text = str(value)
+    return text[:12] if len(text) > 16 else text

@@ -1,0 +1,187 @@
+"""Tensor-parallel layers: column- and row-parallel linears and a vocab-parallel embedding.
+
+Every layer initialises the FULL master weight from a CPU generator and keeps its own slice,
+so the same seed gives the same master weight at any tp size (TP=2 shards are exact slices
+of the TP=1 weight). Sharded parameters carry `tensor_model_parallel=True`, `partition_dim`
+and `partition_stride`, which gradient clipping and checkpoint conversion read.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megatron_cogview.parallel.mappings import (
+    copy_to_region,
+    gather_from_region,
+    reduce_from_region,
+    scatter_to_region,
+)
+from megatron_cogview.parallel.state import ParallelState, require_state
+
+
+def mark_parallel(param: nn.Parameter, partition_dim: int, stride: int = 1) -> None:
+    """Tag a tp-sharded parameter with how it is split."""
+    param.tensor_model_parallel = True  # type: ignore[attr-defined]
+    param.partition_dim = partition_dim  # type: ignore[attr-defined]
+    param.partition_stride = stride  # type: ignore[attr-defined]
+
+
+def is_parallel_param(param: torch.Tensor) -> bool:
+    """True for a parameter sharded across the tensor-parallel group."""
+    return bool(getattr(param, "tensor_model_parallel", False))
+
+
+def shard(master: torch.Tensor, dim: int, tp_size: int, tp_rank: int, stride: int = 1) -> torch.Tensor:
+    """This rank's slice of `master` along `dim`; with stride s, shard r is [part_r of each of s blocks].
+
+    For a fused QKV weight (stride 3) shard r is [Q_r; K_r; V_r].
+    """
+    size = master.size(dim)
+    if size % (tp_size * stride):
+        raise ValueError(f"dimension {dim} of size {size} does not split into {tp_size} shards x stride {stride}")
+    chunks = master.chunk(tp_size * stride, dim=dim)  # stride blocks, each cut in tp parts
+    return torch.cat(chunks[tp_rank::tp_size], dim=dim).contiguous()
+
+
+def unshard(shards: list[torch.Tensor], dim: int, stride: int = 1) -> torch.Tensor:
+    """Inverse of `shard`: rebuild the master tensor from all tp shards in rank order."""
+    tp_size = len(shards)
+    pieces = [s.chunk(stride, dim=dim) for s in shards]  # [rank][block]
+    return torch.cat([pieces[r][b] for b in range(stride) for r in range(tp_size)], dim=dim)
+
+
+def init_master(
+    shape: tuple[int, ...], std: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """A full master weight N(0, std^2) drawn on CPU from `generator` (fp32)."""
+    return torch.empty(shape, dtype=torch.float32).normal_(0.0, std, generator=generator)
+
+
+def _parameter(
+    master_shape: tuple[int, ...],
+    dim: int,
+    state: ParallelState,
+    std: float,
+    generator: torch.Generator | None,
+    device: torch.device | str | None,
+    dtype: torch.dtype,
+    stride: int = 1,
+) -> nn.Parameter:
+    """A sharded parameter initialised from its master weight (or left empty on the meta device)."""
+    local_shape = list(master_shape)
+    local_shape[dim] //= state.tp_size
+    if device is not None and torch.device(device).type == "meta":
+        param = nn.Parameter(torch.empty(local_shape, device="meta", dtype=dtype))
+    else:
+        master = init_master(master_shape, std, generator)
+        local = shard(master, dim, state.tp_size, state.tp_rank, stride)
+        param = nn.Parameter(local.to(device=device, dtype=dtype))
+    mark_parallel(param, dim, stride)
+    return param
+
+
+class ColumnParallelLinear(nn.Module):
+    """Y = X A^T + b with A split along its output rows: each rank computes its output columns."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        state: ParallelState,
+        *,
+        bias: bool = True,
+        gather_output: bool = False,
+        stride: int = 1,
+        init_std: float = 0.02,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.state = require_state(state, "ColumnParallelLinear")
+        state.check_divisible("out_features", out_features)
+        if out_features % (state.tp_size * stride):
+            raise ValueError(f"out_features={out_features} does not split into tp {state.tp_size} x stride {stride}")
+        self.in_features, self.out_features = in_features, out_features
+        self.out_per_rank = out_features // state.tp_size
+        self.gather_output = gather_output
+        self.weight = _parameter((out_features, in_features), 0, state, init_std, generator, device, dtype, stride)
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(self.out_per_rank, device=device, dtype=dtype))
+            mark_parallel(self.bias, 0, stride)
+        else:
+            self.register_parameter("bias", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = copy_to_region(x, self.state.tp_group)
+        y = F.linear(x, self.weight, self.bias)  # [b, s, out/tp]
+        return gather_from_region(y, self.state.tp_group) if self.gather_output else y
+
+
+class RowParallelLinear(nn.Module):
+    """Y = X A^T + b with A split along its input columns; partial products are summed over tp."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        state: ParallelState,
+        *,
+        bias: bool = True,
+        input_is_parallel: bool = True,
+        init_std: float = 0.02,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.state = require_state(state, "RowParallelLinear")
+        state.check_divisible("in_features", in_features)
+        self.in_features, self.out_features = in_features, out_features
+        self.input_is_parallel = input_is_parallel
+        self.weight = _parameter((out_features, in_features), 1, state, init_std, generator, device, dtype)
+        if bias:  # replicated: added once, after the reduction
+            self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.input_is_parallel:
+            x = scatter_to_region(x, self.state.tp_group)
+        partial = F.linear(x, self.weight)  # [b, s, out], this rank's share of the sum
+        y = reduce_from_region(partial, self.state.tp_group)
+        return y if self.bias is None else y + self.bias
+
+
+class VocabParallelEmbedding(nn.Module):
+    """Embedding whose rows (the vocabulary) are split over tp ranks; lookups are summed over tp."""
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        state: ParallelState,
+        *,
+        init_std: float = 0.02,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.state = require_state(state, "VocabParallelEmbedding")
+        state.check_divisible("vocab_size", num_embeddings)
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.per_rank = num_embeddings // state.tp_size
+        self.vocab_start = state.tp_rank * self.per_rank
+        self.vocab_end = self.vocab_start + self.per_rank
+        self.weight = _parameter((num_embeddings, embedding_dim), 0, state, init_std, generator, device, dtype)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.state.tp_size == 1:
+            return F.embedding(ids, self.weight)
+        outside = (ids < self.vocab_start) | (ids >= self.vocab_end)
+        local_ids = (ids - self.vocab_start).masked_fill(outside, 0)
+        out = F.embedding(local_ids, self.weight)  # [b, s, h]
+        out = out.masked_fill(outside.unsqueeze(-1), 0.0)
+        return reduce_from_region(out, self.state.tp_group)

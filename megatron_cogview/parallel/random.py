@@ -1,0 +1,101 @@
+"""RNG tracker: named torch.Generator streams per device, for reproducible tensor-parallel dropout.
+
+Two streams are standard:
+  REPLICATED      seeded with `seed` on every rank: dropout on tensors every tp rank holds in full
+                  (residual stream, embeddings) draws the same mask on all tp peers;
+  MODEL_PARALLEL  seeded with `seed + 2718 + tp_rank`: dropout inside tp-sharded tensors
+                  (attention probabilities of this rank's heads) draws a different mask per shard.
+Dropout takes the generator explicitly; no global RNG state is touched, so the library's
+randomness never leaks into (or depends on) the user's torch.manual_seed.
+"""
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+import torch
+
+from megatron_cogview.parallel.state import ParallelState
+
+REPLICATED = "replicated"
+MODEL_PARALLEL = "model-parallel"
+MODEL_PARALLEL_SEED_OFFSET = 2718
+
+T = TypeVar("T")
+
+
+class RNGTracker:
+    """Named generators on one device, with exact save/restore of their states."""
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self._generators: dict[str, torch.Generator] = {}
+
+    @classmethod
+    def for_model(cls, seed: int, state: ParallelState, device: torch.device | str = "cpu") -> "RNGTracker":
+        """The standard replicated + model-parallel streams for this rank."""
+        tracker = cls(device)
+        tracker.add(REPLICATED, seed)
+        tracker.add(MODEL_PARALLEL, seed + MODEL_PARALLEL_SEED_OFFSET + state.tp_rank)
+        return tracker
+
+    def add(self, name: str, seed: int) -> None:
+        """Create the stream `name` seeded with `seed`; names are unique."""
+        if name in self._generators:
+            raise ValueError(f"RNG stream {name!r} already exists")
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(seed)
+        self._generators[name] = gen
+
+    def generator(self, name: str) -> torch.Generator:
+        """The generator of stream `name`."""
+        try:
+            return self._generators[name]
+        except KeyError:
+            raise KeyError(f"RNG stream {name!r} does not exist; known: {sorted(self._generators)}") from None
+
+    def get_states(self) -> dict[str, torch.Tensor]:
+        """A copy of every stream's state (CPU byte tensors, checkpointable)."""
+        return {name: gen.get_state().clone() for name, gen in self._generators.items()}
+
+    def set_states(self, states: dict[str, torch.Tensor]) -> None:
+        """Restore states saved by get_states (the same stream names)."""
+        if set(states) != set(self._generators):
+            raise ValueError(f"RNG states for {sorted(states)} do not match streams {sorted(self._generators)}")
+        for name, value in states.items():
+            self._generators[name].set_state(value.clone())
+
+
+def dropout(x: torch.Tensor, p: float, generator: torch.Generator | None, training: bool) -> torch.Tensor:
+    """Inverted dropout drawing its mask from `generator` (identity when not training or p == 0)."""
+    if not training or p == 0.0:
+        return x
+    if generator is None:
+        raise ValueError("dropout with p > 0 in training needs a generator from an RNGTracker")
+    keep = 1.0 - p
+    mask = torch.empty(x.shape, dtype=x.dtype, device=x.device).bernoulli_(keep, generator=generator)
+    return x * mask * (1.0 / keep)
+
+
+def replay_rng(fn: Callable[..., T], tracker: RNGTracker | None) -> Callable[..., T]:
+    """Wrap `fn` so each later call re-runs with the tracker states of the first call.
+
+    Activation checkpointing calls a layer twice (forward, then recompute in backward); with
+    this wrapper the recompute draws the same dropout masks, whichever checkpoint
+    implementation (torch's or DeepSpeed's) does the calling.
+    """
+    if tracker is None:
+        return fn
+    snapshot: list[dict[str, torch.Tensor]] = []
+
+    def wrapped(*args):  # type: ignore[no-untyped-def]
+        if not snapshot:
+            snapshot.append(tracker.get_states())
+            return fn(*args)
+        current = tracker.get_states()
+        tracker.set_states(snapshot[0])
+        try:
+            return fn(*args)
+        finally:
+            tracker.set_states(current)
+
+    return wrapped

@@ -1,0 +1,89 @@
+"""Imports flow one way (DESIGN.md): a lower layer never imports a higher one."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# package prefix -> project prefixes it must not import
+FORBIDDEN: dict[str, tuple[str, ...]] = {
+    "megatron_cogview.config": ("megatron_cogview.", "tokenization", "data_utils", "deepspeed", "webdataset"),
+    "megatron_cogview.parallel": (
+        "megatron_cogview.model", "megatron_cogview.training", "megatron_cogview.generation",
+        "megatron_cogview.cli", "megatron_cogview.commands", "tokenization", "data_utils",
+    ),
+    "megatron_cogview.model": (
+        "megatron_cogview.training", "megatron_cogview.generation", "megatron_cogview.cli",
+        "megatron_cogview.commands", "tokenization", "data_utils",
+    ),
+    "megatron_cogview.training": ("megatron_cogview.generation", "megatron_cogview.cli", "tokenization", "data_utils"),
+    "megatron_cogview.generation": ("megatron_cogview.training", "megatron_cogview.cli", "tokenization", "data_utils"),
+    "tokenization": ("megatron_cogview", "data_utils", "finetune", "arguments", "pretrain_gpt2"),
+    "data_utils": ("megatron_cogview", "finetune", "arguments", "pretrain_gpt2"),
+}
+# third-party modules allowed in exactly one project module each
+SINGLE_IMPORTERS = ("deepspeed", "webdataset")
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def project_files() -> list[Path]:
+    files = []
+    for top in ("megatron_cogview", "tokenization", "data_utils", "finetune"):
+        files += sorted((ROOT / top).rglob("*.py"))
+    files += [p for p in (ROOT / "arguments.py", ROOT / "pretrain_gpt2.py") if p.exists()]
+    return files
+
+
+def violations() -> list[str]:
+    found = []
+    for path in project_files():
+        mod = module_name(path)
+        for layer, banned in FORBIDDEN.items():
+            if mod != layer and not mod.startswith(layer + "."):
+                continue
+            for name in imported_modules(path):
+                for prefix in banned:
+                    if name == prefix.rstrip(".") or name.startswith(prefix if prefix.endswith(".") else prefix + ".") or name == prefix:
+                        found.append(f"{mod} imports {name} (layer {layer} must not import {prefix})")
+    return found
+
+
+def test_no_upward_imports() -> None:
+    assert violations() == []
+
+
+@pytest.mark.parametrize("lib", SINGLE_IMPORTERS)
+def test_heavy_third_party_imported_in_one_module(lib: str) -> None:
+    users = [module_name(p) for p in project_files() if any(n == lib or n.startswith(lib + ".") for n in imported_modules(p))]
+    assert len(users) <= 1, f"{lib} is imported by {users}; route it through one module"
+
+
+def test_checker_catches_a_violation(tmp_path: Path) -> None:
+    bad = ROOT / "tokenization" / "_layer_probe_tmp.py"
+    bad.write_text("import megatron_cogview.config\n")
+    try:
+        assert any("tokenization._layer_probe_tmp imports megatron_cogview.config" in v for v in violations())
+    finally:
+        bad.unlink()

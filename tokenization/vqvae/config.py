@@ -1,0 +1,94 @@
+"""VQVAEConfig: the architecture and quantiser hyper-parameters, saved as config.json."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from tokenization.errors import TokenizationError
+
+
+@dataclass(frozen=True)
+class VQVAEConfig:
+    """Hyper-parameters of a VQ-VAE image tokenizer (defaults: CogView's 256 px -> 32x32 codes of 8192)."""
+
+    image_size: int = 256
+    in_channels: int = 3
+    hidden_channels: int = 128
+    num_res_blocks: int = 2
+    res_channels: int = 64
+    downsample: int = 8
+    codebook_size: int = 8192
+    code_dim: int = 256
+    ema_decay: float = 0.99
+    ema_eps: float = 1e-5
+    commitment_beta: float = 0.25
+    dead_code_threshold: float = 0.03
+    normalize_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    normalize_std: tuple[float, ...] = (0.5, 0.5, 0.5)
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "in_channels", "hidden_channels", "res_channels", "downsample", "codebook_size", "code_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise TokenizationError(f"VQVAEConfig.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.num_res_blocks, int) or self.num_res_blocks < 0:
+            raise TokenizationError(f"VQVAEConfig.num_res_blocks must be >= 0, got {self.num_res_blocks!r}")
+        if self.downsample < 2 or self.downsample & (self.downsample - 1):
+            raise TokenizationError(f"downsample must be a power of two >= 2 (e.g. 8), got {self.downsample}")
+        if self.image_size % self.downsample:
+            raise TokenizationError(
+                f"image_size {self.image_size} is not a multiple of downsample {self.downsample}; pick e.g. "
+                f"{self.image_size // self.downsample * self.downsample or self.downsample}"
+            )
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise TokenizationError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.commitment_beta < 0 or self.dead_code_threshold < 0 or self.ema_eps <= 0:
+            raise TokenizationError("commitment_beta and dead_code_threshold must be >= 0 and ema_eps > 0")
+        for name in ("normalize_mean", "normalize_std"):
+            value = tuple(float(v) for v in getattr(self, name))
+            if len(value) != self.in_channels:
+                raise TokenizationError(f"{name} needs {self.in_channels} values (one per channel), got {len(value)}")
+            object.__setattr__(self, name, value)
+        if min(self.normalize_std) <= 0:
+            raise TokenizationError(f"normalize_std must be positive, got {self.normalize_std}")
+
+    @property
+    def grid_size(self) -> int:
+        """Side of the code grid (image_size / downsample)."""
+        return self.image_size // self.downsample
+
+    @property
+    def num_downsamples(self) -> int:
+        """Number of stride-2 stages (log2 of downsample)."""
+        return self.downsample.bit_length() - 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "VQVAEConfig":
+        """Inverse of to_dict; unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TokenizationError(f"unknown VQ-VAE config keys {unknown}; was this config written by a newer version?")
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        """Write as pretty JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "VQVAEConfig":
+        """Read a config.json written by save()."""
+        path = Path(path)
+        if not path.is_file():
+            raise TokenizationError(f"VQ-VAE config {str(path)!r} not found; point to a directory made by `cogview tokenizer train-vqvae`")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise TokenizationError(f"{str(path)!r} is not valid JSON ({e.msg}); re-export the tokenizer") from e
+        return cls.from_dict(data)
