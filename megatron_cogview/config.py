@@ -64,6 +64,8 @@ class ModelConfig:
     """alpha of PB-relax attention: scores are formed at 1/alpha scale."""
     pb_relax_layernorm: PBRelaxLayerNorm = "none"
     """Divide LayerNorm inputs by their detached max: none, final (final LN only) or all."""
+    pb_relax_ln_target: float = 8.0
+    """PB-relax LayerNorm rescales each input row to this max |x| (the released CogView used 8)."""
     checkpoint_activations: bool = False
     """Recompute each layer's activations in backward to save memory."""
     seed: int = 1234
@@ -85,6 +87,7 @@ class ModelConfig:
         _require(self.layernorm_epsilon > 0, f"layernorm_epsilon={self.layernorm_epsilon} must be > 0")
         _require(self.init_std > 0, f"init_std={self.init_std} must be > 0")
         _require(self.pb_relax_alpha > 0, f"pb_relax_alpha={self.pb_relax_alpha} must be > 0")
+        _require(self.pb_relax_ln_target > 0, f"pb_relax_ln_target={self.pb_relax_ln_target} must be > 0")
         _check_choice("layernorm_order", self.layernorm_order, LayerNormOrder)
         _check_choice("attention_kernel", self.attention_kernel, AttentionKernel)
         _check_choice("pb_relax_layernorm", self.pb_relax_layernorm, PBRelaxLayerNorm)

@@ -10,7 +10,8 @@ randomness never leaks into (or depends on) the user's torch.manual_seed.
 """
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from contextlib import contextmanager
+from typing import Callable, Iterator, TypeVar
 
 import torch
 
@@ -52,6 +53,32 @@ class RNGTracker:
             return self._generators[name]
         except KeyError:
             raise KeyError(f"RNG stream {name!r} does not exist; known: {sorted(self._generators)}") from None
+
+    @contextmanager
+    def fork(self, name: str) -> Iterator[None]:
+        """Run a block on the device's default generator set to stream `name`, then restore both.
+
+        For kernels that only draw from the default generator (e.g. dropout inside torch's fused
+        scaled_dot_product_attention): the block advances `name`, never the user's global RNG.
+        """
+        gen = self.generator(name)
+        if self.device.type == "cuda":
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            saved = torch.cuda.get_rng_state(index)
+            torch.cuda.set_rng_state(gen.get_state(), index)
+            try:
+                yield
+            finally:
+                gen.set_state(torch.cuda.get_rng_state(index))
+                torch.cuda.set_rng_state(saved, index)
+        else:
+            saved = torch.get_rng_state()
+            torch.set_rng_state(gen.get_state())
+            try:
+                yield
+            finally:
+                gen.set_state(torch.get_rng_state())
+                torch.set_rng_state(saved)
 
     def get_states(self) -> dict[str, torch.Tensor]:
         """A copy of every stream's state (CPU byte tensors, checkpointable)."""

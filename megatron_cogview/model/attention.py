@@ -1,0 +1,137 @@
+"""Attention kernels (PB-relax, plain, fused SDPA) and a preallocated key/value cache.
+
+All kernels take q [b, n, sq, d], k and v [b, n, sk, d] and either `causal=True` (query i sits at
+absolute position sk - sq + i) or a bool `mask` broadcastable to [b, n, sq, sk] (True = attend).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from megatron_cogview.model.masks import causal_mask
+from megatron_cogview.parallel.random import MODEL_PARALLEL, RNGTracker, dropout
+
+
+@dataclass
+class AttentionArgs:
+    """Per-call options of an attention kernel."""
+
+    causal: bool = True
+    mask: torch.Tensor | None = None
+    dropout_p: float = 0.0
+    training: bool = False
+    tracker: RNGTracker | None = None
+
+
+def _bool_mask(args: AttentionArgs, sq: int, sk: int, device: torch.device) -> torch.Tensor | None:
+    """The effective bool mask (None when nothing is masked)."""
+    mask = args.mask
+    if args.causal and not (sq == 1):  # a single new query sees the whole cache
+        causal = causal_mask(sq, sk, device=device)
+        mask = causal if mask is None else (mask & causal)
+    return mask
+
+
+def _probs_dropout(probs: torch.Tensor, args: AttentionArgs) -> torch.Tensor:
+    if not args.training or args.dropout_p == 0.0:
+        return probs
+    gen = args.tracker.generator(MODEL_PARALLEL) if args.tracker is not None else None
+    return dropout(probs, args.dropout_p, gen, training=True)  # each tp rank holds other heads
+
+
+def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: AttentionArgs) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d)) V computed as written (scores formed at full scale)."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.size(-1))  # [b, n, sq, sk]
+    mask = _bool_mask(args, q.size(-2), k.size(-2), q.device)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    return torch.matmul(_probs_dropout(probs, args), v)
+
+
+def pb_relax_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: AttentionArgs, alpha: float = 32.0
+) -> torch.Tensor:
+    """CogView's PB-relax: softmax(((Q / (alpha sqrt d)) K^T - rowmax) * alpha) V, overflow-free in fp16."""
+    scores = torch.matmul(q * (1.0 / (alpha * math.sqrt(q.size(-1)))), k.transpose(-1, -2))  # [b, n, sq, sk] / alpha
+    mask = _bool_mask(args, q.size(-2), k.size(-2), q.device)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    row_max = scores.detach().amax(dim=-1, keepdim=True)  # softmax is shift-invariant: no gradient needed
+    probs = torch.softmax((scores - row_max) * alpha, dim=-1)
+    return torch.matmul(_probs_dropout(probs, args), v)
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: AttentionArgs) -> torch.Tensor:
+    """torch's fused scaled_dot_product_attention (flash / memory-efficient kernels where available)."""
+    p = args.dropout_p if args.training else 0.0
+    sq, sk = q.size(-2), k.size(-2)
+    if args.mask is None and args.causal and sq == sk:
+        kwargs = dict(is_causal=True)
+    else:
+        kwargs = dict(attn_mask=_bool_mask(args, sq, sk, q.device))
+    if p > 0.0:
+        if args.tracker is None:
+            raise ValueError("attention dropout in training needs an RNGTracker")
+        with args.tracker.fork(MODEL_PARALLEL):  # the fused kernel draws from the default generator
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, **kwargs)
+    return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+
+def attend(
+    kernel: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: AttentionArgs, alpha: float = 32.0
+) -> torch.Tensor:
+    """Dispatch to the named kernel: 'sdpa', 'pb-relax' or 'plain'."""
+    if kernel == "sdpa":
+        return sdpa_attention(q, k, v, args)
+    if kernel == "pb-relax":
+        return pb_relax_attention(q, k, v, args, alpha)
+    if kernel == "plain":
+        return plain_attention(q, k, v, args)
+    raise ValueError(f"unknown attention kernel {kernel!r}; choose sdpa, pb-relax or plain")
+
+
+class KVCache:
+    """Preallocated keys/values of every layer, written in place: [b, heads/tp, max_len, head_dim] each."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        batch_size: int,
+        num_heads: int,
+        max_len: int,
+        head_dim: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        shape = (batch_size, num_heads, max_len, head_dim)
+        self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.max_len = max_len
+        self.length = 0  # tokens already stored (same for every layer once a forward completes)
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys[0].size(0)
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v [b, n, s_new, d] after the current length; return all keys/values so far."""
+        start, end = self.length, self.length + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"KV cache overflow: {end} tokens exceed its capacity of {self.max_len}")
+        self.keys[layer][:, :, start:end].copy_(k)
+        self.values[layer][:, :, start:end].copy_(v)
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def advance(self, n: int) -> None:
+        """Mark n more tokens as stored (called once per model forward)."""
+        self.length += n
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep/reorder batch rows (e.g. drop finished samples) in place of the old cache."""
+        self.keys = [k.index_select(0, index) for k in self.keys]
+        self.values = [v.index_select(0, index) for v in self.values]

@@ -1,0 +1,212 @@
+"""Single-process model tests: kernels, PB-relax numerics, cache, checkpointing, fused loss, errors."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from megatron_cogview.config import ConfigError, ModelConfig, model_preset
+from megatron_cogview.model import CogViewModel, LayerNorm, ModelInputError, attend, count_parameters
+from megatron_cogview.model.attention import AttentionArgs
+from megatron_cogview.model.masks import causal_mask, id_range_mask, position_ids, prefix_mask
+from megatron_cogview.parallel import ParallelState
+
+KERNELS = ("sdpa", "pb-relax", "plain")
+
+
+def tiny(**kw) -> ModelConfig:
+    return model_preset("tiny", **kw)
+
+
+def reference_attention(q, k, v, mask):
+    """fp64 textbook attention."""
+    q, k, v = q.double(), k.double(), v.double()
+    s = q @ k.transpose(-1, -2) / math.sqrt(q.size(-1))
+    s = s.masked_fill(~mask, float("-inf"))
+    return torch.softmax(s, -1) @ v
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_kernels_agree_in_fp32(kernel: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 9, 8, generator=g) for _ in range(3))
+    ref = reference_attention(q, k, v, causal_mask(9))
+    out = attend(kernel, q, k, v, AttentionArgs(causal=True))
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
+    # explicit prefix mask (bidirectional over the first 4 tokens), causal off
+    pm = prefix_mask(4, 9)
+    out = attend(kernel, q, k, v, AttentionArgs(causal=False, mask=pm))
+    torch.testing.assert_close(out.double(), reference_attention(q, k, v, pm), rtol=1e-5, atol=1e-6)
+    # one new query against a longer cache: sees every key
+    out = attend(kernel, q[:, :, -1:], k, v, AttentionArgs(causal=True))
+    torch.testing.assert_close(out.double(), ref[:, :, -1:], rtol=1e-5, atol=1e-6)
+
+
+def test_pb_relax_attention_survives_fp16_scores_beyond_65504() -> None:
+    g = torch.Generator().manual_seed(1)
+    d = 64
+    q = torch.randn(1, 2, 16, d, generator=g) * 60
+    k = torch.randn(1, 2, 16, d, generator=g) * 60
+    v = torch.randn(1, 2, 16, d, generator=g)
+    raw = (q @ k.transpose(-1, -2)).abs().max().item()
+    assert raw > 65504, "the test needs raw scores beyond the fp16 range"
+    ref = reference_attention(q, k, v, causal_mask(16))
+    args = AttentionArgs(causal=True)
+    plain = attend("plain", q.half(), k.half(), v.half(), args)
+    assert not torch.isfinite(plain).all(), "plain fp16 attention was expected to overflow"
+    relaxed = attend("pb-relax", q.half(), k.half(), v.half(), args, alpha=32.0)
+    assert torch.isfinite(relaxed).all()
+    # fp16 has 11 bits of mantissa; the softmax here is nearly one-hot, so outputs (|v| ~ 1) carry
+    # about 1e-3 relative error from the fp16 inputs and products: 2e-2 absolute is a safe bound.
+    torch.testing.assert_close(relaxed.double(), ref, rtol=0, atol=2e-2)
+
+
+def test_pb_relax_layernorm_on_large_activations() -> None:
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 7, 256, generator=g) * 2e4  # values up to ~8e4 are clipped to fp16 range below
+    x16 = x.clamp(-6e4, 6e4).half()
+    ref = F.layer_norm(x16.double(), (256,), eps=1e-5)
+    # The textbook half-precision LayerNorm: its variance overflows (x^2 > 65504).
+    mean = x16.mean(-1, keepdim=True)
+    var = ((x16 - mean) * (x16 - mean)).mean(-1, keepdim=True)
+    naive = (x16 - mean) / torch.sqrt(var + 1e-5)
+    assert not torch.isfinite(var).all(), "the half-precision variance was expected to overflow"
+    assert (naive.double() - ref).abs().max() > 0.5, "the overflowed LayerNorm was expected to be wrong"
+    ln = LayerNorm(256, pb_relax=True, dtype=torch.float16)
+    out = ln(x16)
+    assert torch.isfinite(out).all()
+    # LN output is O(1); fp16 rounding of the rescaled input and output costs ~1e-3 per element.
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=1e-2)
+    # and in fp32 it is the same function as a plain LayerNorm (scale invariance, up to eps)
+    plain32, relax32 = LayerNorm(256), LayerNorm(256, pb_relax=True)
+    y = torch.randn(3, 256, generator=g) * 5
+    torch.testing.assert_close(relax32(y), plain32(y), rtol=1e-4, atol=1e-4)
+
+
+def test_cogview_4b_parameter_count() -> None:
+    assert count_parameters(model_preset("cogview-4b")) == 3_928_849_920
+
+
+def test_layernorm_orders_and_state_dict_names() -> None:
+    counts = {}
+    for order in ("sandwich", "pre", "post"):
+        model = CogViewModel(tiny(layernorm_order=order), ParallelState.single())
+        counts[order] = sum(1 for n in model.state_dict() if n.endswith("layernorm.weight"))
+        logits = model(torch.randint(0, 1024, (2, 10)))
+        assert logits.shape == (2, 10, 1024) and torch.isfinite(logits).all()
+    L = tiny().num_layers
+    assert counts == {"sandwich": 4 * L + 1, "pre": 2 * L + 1, "post": 2 * L}
+    keys = set(CogViewModel(tiny(), ParallelState.single()).state_dict())
+    for name in (
+        "word_embeddings.weight", "transformer.position_embeddings.weight",
+        "transformer.layers.1.input_layernorm.weight", "transformer.layers.1.attention.query_key_value.weight",
+        "transformer.layers.1.attention.dense.bias", "transformer.layers.1.post_attention_layernorm.bias",
+        "transformer.layers.1.third_layernorm.weight", "transformer.layers.1.fourth_layernorm.weight",
+        "transformer.layers.1.mlp.dense_h_to_4h.weight", "transformer.layers.1.mlp.dense_4h_to_h.weight",
+        "transformer.final_layernorm.weight",
+    ):
+        assert name in keys, name
+
+
+def test_init_statistics_follow_the_paper() -> None:
+    cfg = model_preset("base", num_layers=12, vocab_size=4096)
+    model = CogViewModel(cfg, ParallelState.single())
+    layer = model.transformer.layers[0]
+    std_in = layer.attention.query_key_value.weight.std().item()
+    std_out = layer.mlp.dense_4h_to_h.weight.std().item()
+    assert abs(std_in - 0.02) < 1e-3
+    assert abs(std_out - 0.02 / math.sqrt(24)) < 2e-4
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_kv_cache_decoding_equals_full_forward(kernel: str) -> None:
+    cfg = tiny(attention_kernel=kernel, num_layers=3, max_position_embeddings=80)
+    model = CogViewModel(cfg, ParallelState.single()).eval()
+    tokens = torch.randint(0, cfg.vocab_size, (3, 72), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = model(tokens)  # [b, 72, V]
+        cache = model.new_cache(3, 72)
+        prefix = 8
+        steps = [model(tokens[:, :prefix], cache=cache)]
+        for t in range(prefix, 72):  # 64 single-token steps
+            steps.append(model(tokens[:, t : t + 1], cache=cache))
+    incremental = torch.cat(steps, dim=1)
+    torch.testing.assert_close(incremental, full, rtol=1e-5, atol=1e-5)
+    assert cache.length == 72
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_activation_checkpointing_reproduces_dropout(kernel: str) -> None:
+    grads = []
+    for ckpt in (False, True):
+        cfg = tiny(attention_kernel=kernel, hidden_dropout=0.1, attention_dropout=0.1, checkpoint_activations=ckpt)
+        model = CogViewModel(cfg, ParallelState.single()).train()
+        g = torch.Generator().manual_seed(4)
+        tokens = torch.randint(0, cfg.vocab_size, (2, 24), generator=g)
+        labels = torch.randint(0, cfg.vocab_size, (2, 24), generator=g)
+        model.lm_loss(tokens, labels, torch.ones(2, 24)).total.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=0, atol=0, msg=name)
+
+
+def test_dropout_is_active_and_seeded() -> None:
+    cfg = tiny(hidden_dropout=0.3, attention_dropout=0.3)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 12), generator=torch.Generator().manual_seed(5))
+    a = CogViewModel(cfg, ParallelState.single()).train()
+    b = CogViewModel(cfg, ParallelState.single()).train()
+    first = a(tokens)
+    assert torch.equal(first, b(tokens)), "same seed must give the same dropout masks"
+    assert not torch.equal(first, a(tokens)), "the stream must advance between steps"
+    a.eval()
+    assert torch.equal(a(tokens), a(tokens))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_loss_matches_full_logits_cross_entropy(dtype: torch.dtype) -> None:
+    cfg = tiny()
+    model = CogViewModel(cfg, ParallelState.single(), dtype=dtype)
+    g = torch.Generator().manual_seed(6)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 20), generator=g)
+    labels = torch.randint(0, cfg.vocab_size, (2, 20), generator=g)
+    weights = torch.rand(2, 20, generator=g) * 5
+    out = model.lm_loss(tokens, labels, weights)
+    out.total.backward()
+    fused = {n: p.grad.float().clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    logits = model(tokens).float()
+    ce = F.cross_entropy(logits.view(-1, cfg.vocab_size), labels.view(-1), reduction="none").view(2, 20)
+    (ce * weights).sum().backward()
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(out.per_token, ce.detach(), **tol)
+    torch.testing.assert_close(out.total, (ce * weights).sum().detach(), **tol)
+    for n, p in model.named_parameters():
+        scale = p.grad.float().abs().max().clamp_min(1e-6)
+        torch.testing.assert_close(fused[n] / scale, p.grad.float() / scale, **tol, msg=n)
+
+
+def test_masks_and_position_restart() -> None:
+    assert causal_mask(2, 4).tolist() == [[True, True, True, False], [True, True, True, True]]
+    pm = prefix_mask(torch.tensor([2, 0]), 3)
+    assert pm.shape == (2, 1, 3, 3)
+    assert pm[0, 0].tolist() == [[True, True, False], [True, True, False], [True, True, True]]
+    assert pm[1, 0].tolist() == causal_mask(3).tolist()
+    tokens = torch.tensor([[5, 6, 7, 99, 8, 9], [5, 6, 7, 8, 9, 10]])
+    assert position_ids(tokens, restart_token=99).tolist() == [[0, 1, 2, 0, 1, 2], [0, 1, 2, 3, 4, 5]]
+    assert id_range_mask(10, [(0, 3), (8, 10)]).tolist() == [True] * 3 + [False] * 5 + [True] * 2
+
+
+def test_bad_inputs_give_clear_errors() -> None:
+    with pytest.raises(ConfigError, match="hidden_size=100 is not divisible by num_attention_heads=3"):
+        ModelConfig(hidden_size=100, num_attention_heads=3)
+    with pytest.raises(ConfigError, match="attention_kernel='flash' is not one of"):
+        ModelConfig(attention_kernel="flash")  # type: ignore[arg-type]
+    model = CogViewModel(tiny(), ParallelState.single())
+    with pytest.raises(ModelInputError, match=r"token ids span \[0, 1024\] but the vocabulary is \[0, 1023\]"):
+        model(torch.tensor([[0, 1024]]))
+    with pytest.raises(ModelInputError, match="position 128 is outside the position table of 128 rows"):
+        model(torch.zeros(1, 129, dtype=torch.long))
+    with pytest.raises(ConfigError, match="vocab_size=1000 is not divisible by tensor-parallel size 3"):
+        tiny(vocab_size=1000, num_attention_heads=3, hidden_size=48).check_tensor_parallel(3)
