@@ -70,9 +70,14 @@ def decode_sample(sample: dict[str, object], seq_len: int) -> TokenSample:
     positions = _npy_load(sample[POSITIONS_FIELD]).astype(np.int64)  # type: ignore[arg-type]
     if tokens.shape != (seq_len,) or positions.shape != (seq_len,):
         raise ValueError(f"sequence shape {tokens.shape}/{positions.shape}, expected ({seq_len},)")
-    caption = bytes(sample.get(CAPTION_FIELD, b"")).decode("utf-8")  # type: ignore[arg-type]
-    meta = json.loads(bytes(sample[META_FIELD]).decode("utf-8")) if META_FIELD in sample else {}  # type: ignore[arg-type]
+    caption = _text(sample.get(CAPTION_FIELD, b""))
+    meta = json.loads(_text(sample[META_FIELD])) if META_FIELD in sample else {}
     return TokenSample(str(sample["__key__"]), tokens, positions, caption, meta)
+
+
+def _text(value: object) -> str:
+    """UTF-8 text from a tar field (bytes) or an already-decoded str."""
+    return value if isinstance(value, str) else bytes(value).decode("utf-8")  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,8 @@ def iter_tar(path: str, select: Callable[[str], bool] | None = None) -> Iterator
                 if ext in current:
                     raise ValueError(f"duplicate file {entry['fname']} (keys must not repeat within a shard)")
                 current[ext] = entry["data"]
+        if not _has_end_marker(path):  # tarfile ends silently when a cut falls inside a header
+            raise EOFError("the tar has no end-of-archive marker (the file is cut short)")
     except FileNotFoundError:
         raise
     except Exception as e:  # tarfile.ReadError, EOFError, OSError, zlib errors, ...
@@ -107,6 +109,18 @@ def iter_tar(path: str, select: Callable[[str], bool] | None = None) -> Iterator
         raise ShardReadError(path, key, e) from e
     if current is not None:
         yield current
+
+
+def _has_end_marker(path: str) -> bool:
+    """True when an uncompressed tar ends with zero blocks (compressed tars are not checked)."""
+    with open(path, "rb") as f:
+        if f.read(2) == b"\x1f\x8b":
+            return True
+        size = f.seek(0, os.SEEK_END)
+        if size % 512 or size < 1024:
+            return False
+        f.seek(size - 1024)
+        return f.read(1024) == bytes(1024)
 
 
 def _reraise(exn: Exception) -> bool:

@@ -1,4 +1,5 @@
 """The one exception type for mistakes a user of the tokenizers can make."""
+
 from __future__ import annotations
 
 

@@ -1,4 +1,5 @@
 """CogView's unified token id table: image codes, then text pieces, then command tokens."""
+
 from __future__ import annotations
 
 import hashlib
@@ -73,9 +74,7 @@ class TokenLayout:
         """Id of a command token, given as "ROI1" or "[ROI1]"."""
         key = name if name.startswith("[") else f"[{name}]"
         if key not in _COMMAND_INDEX:
-            raise TokenizationError(
-                f"unknown command token {name!r}; use one of {', '.join(COMMAND_TOKENS)}"
-            )
+            raise TokenizationError(f"unknown command token {name!r}; use one of {', '.join(COMMAND_TOKENS)}")
         return self.command_offset + _COMMAND_INDEX[key]
 
     def command_name(self, token_id: int) -> str:

@@ -1,4 +1,5 @@
 """SentencePiece text tokenizer (CogView style: `<n>` for newline) and its trainer."""
+
 from __future__ import annotations
 
 import csv
@@ -39,7 +40,9 @@ class TextTokenizer:
         try:
             self._sp.LoadFromSerializedProto(self._bytes)
         except (RuntimeError, OSError) as e:
-            raise TokenizationError(f"{str(path)!r} is not a valid SentencePiece model ({e}); pass a .model file") from e
+            raise TokenizationError(
+                f"{str(path)!r} is not a valid SentencePiece model ({e}); pass a .model file"
+            ) from e
         self._fingerprint = hashlib.sha256(self._bytes).hexdigest()
 
     @property
@@ -59,7 +62,9 @@ class TextTokenizer:
     def encode(self, text: str) -> list[int]:
         """Raw piece ids of one string (newlines become `<n>`)."""
         if not isinstance(text, str):
-            raise TokenizationError(f"TextTokenizer.encode takes a str, got {type(text).__name__}; use encode_batch for lists")
+            raise TokenizationError(
+                f"TextTokenizer.encode takes a str, got {type(text).__name__}; use encode_batch for lists"
+            )
         return list(self._sp.EncodeAsIds(_to_model_text(text)))
 
     def encode_batch(self, texts: Sequence[str], num_threads: int = -1) -> list[list[int]]:
@@ -146,7 +151,9 @@ def iter_training_text(inputs: Sequence[str | os.PathLike[str]], caption_column:
             if suffix in _JSON_SUFFIXES:
                 yield from (_to_model_text(t) for t in _iter_jsonl_column(path, caption_column))
             else:
-                yield from (_to_model_text(t) for t in _iter_table_column(path, _TABLE_SUFFIXES[suffix], caption_column))
+                yield from (
+                    _to_model_text(t) for t in _iter_table_column(path, _TABLE_SUFFIXES[suffix], caption_column)
+                )
         else:
             with path.open(encoding="utf-8", errors="replace") as f:
                 for line in f:
@@ -199,14 +206,12 @@ def train_text_tokenizer(
     )
     spm.set_random_generator_seed(seed)  # only used by shuffling/sampling of sentences
     try:
-        if verbose:
-            spm.SentencePieceTrainer.Train(sentence_iterator=iter(sentences), **options)
-        else:
-            with open(os.devnull, "w") as devnull:
-                spm.SentencePieceTrainer.Train(sentence_iterator=iter(sentences), logstream=devnull, **options)
+        spm.SentencePieceTrainer.Train(sentence_iterator=iter(sentences), **options)
     except RuntimeError as e:
         message = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
-        raise TokenizationError(f"SentencePiece training failed: {message}; try a larger --vocab-size or more text") from e
+        raise TokenizationError(
+            f"SentencePiece training failed: {message}; try a larger --vocab-size or more text"
+        ) from e
     model = Path(f"{prefix}.model")
     if not model.is_file():
         raise TokenizationError(f"SentencePiece wrote no model at {model}; check that the prefix directory is writable")

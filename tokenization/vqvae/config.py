@@ -1,4 +1,5 @@
 """VQVAEConfig: the architecture and quantiser hyper-parameters, saved as config.json."""
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,9 @@ class VQVAEConfig:
 
     image_size: int = 256
     in_channels: int = 3
-    hidden_channels: int = 128
+    hidden_channels: int = 256
     num_res_blocks: int = 2
-    res_channels: int = 64
+    res_channels: int = 128
     downsample: int = 8
     codebook_size: int = 8192
     code_dim: int = 256
@@ -29,7 +30,15 @@ class VQVAEConfig:
     normalize_std: tuple[float, ...] = (0.5, 0.5, 0.5)
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "in_channels", "hidden_channels", "res_channels", "downsample", "codebook_size", "code_dim"):
+        for name in (
+            "image_size",
+            "in_channels",
+            "hidden_channels",
+            "res_channels",
+            "downsample",
+            "codebook_size",
+            "code_dim",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise TokenizationError(f"VQVAEConfig.{name} must be a positive integer, got {value!r}")
@@ -74,7 +83,9 @@ class VQVAEConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise TokenizationError(f"unknown VQ-VAE config keys {unknown}; was this config written by a newer version?")
+            raise TokenizationError(
+                f"unknown VQ-VAE config keys {unknown}; was this config written by a newer version?"
+            )
         return cls(**data)
 
     def save(self, path: str | Path) -> None:
@@ -86,7 +97,9 @@ class VQVAEConfig:
         """Read a config.json written by save()."""
         path = Path(path)
         if not path.is_file():
-            raise TokenizationError(f"VQ-VAE config {str(path)!r} not found; point to a directory made by `cogview tokenizer train-vqvae`")
+            raise TokenizationError(
+                f"VQ-VAE config {str(path)!r} not found; point to a directory made by `cogview tokenizer train-vqvae`"
+            )
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:

@@ -1,4 +1,5 @@
 """Vector quantiser with an exponential-moving-average codebook and dead-code re-initialisation."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,8 +47,10 @@ class EMAQuantizer(nn.Module):
     @torch.no_grad()
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
         """Index of the nearest codebook vector (squared L2) for each row of flat [n, d] -> [n]."""
-        codebook = self.codebook.float()
-        flat = flat.float()
+        with torch.autocast(device_type=flat.device.type, enabled=False):  # distances need fp32
+            return self._nearest_fp32(flat.float(), self.codebook.float())
+
+    def _nearest_fp32(self, flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
         code_sq = codebook.pow(2).sum(1)  # [K]
         chunk = max(1, _MAX_DISTANCE_ELEMENTS // self.codebook_size)
         out = []
@@ -92,9 +95,8 @@ class EMAQuantizer(nn.Module):
     @torch.no_grad()
     def ema_update(self, flat: torch.Tensor, codes: torch.Tensor) -> None:
         """One EMA step: cluster sizes and sums move toward this batch's; codebook = smoothed means."""
-        onehot = F.one_hot(codes, self.codebook_size).to(flat.dtype)  # [n, K]
-        counts = onehot.sum(0)  # [K]
-        sums = onehot.t() @ flat  # [K, d]
+        counts = torch.bincount(codes, minlength=self.codebook_size).to(flat.dtype)  # [K]
+        sums = torch.zeros_like(self.embed_avg).index_add_(0, codes, flat.to(self.embed_avg.dtype))  # [K, d]
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.embed_avg.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         total = self.cluster_size.sum()

@@ -1,0 +1,121 @@
+"""`cogview synth`, `cogview preprocess` and `cogview data-info`: the data subcommands."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .errors import DataError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the data subcommands to the `cogview` parser."""
+    _add_synth(subparsers)
+    _add_preprocess(subparsers)
+    _add_info(subparsers)
+
+
+def _add_synth(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "synth", help="write the built-in synthetic shapes dataset (images + captions + held-out split)",
+        description="Deterministic captioned images of one coloured shape; some (colour, shape, position) "
+        "combinations are held out of captions.jsonl and listed in splits.json / heldout.jsonl.",
+    )
+    p.add_argument("--out", required=True, help="output folder (images/, captions.jsonl, heldout.jsonl, splits.json)")
+    p.add_argument("--num", type=int, default=30000, help="number of images (training + held-out)")
+    p.add_argument("--image-size", type=int, default=32, help="image side in pixels (>= 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed: the same seed gives the same dataset")
+    p.add_argument("--lang", choices=("en", "zh"), default="en", help="language of the `caption` field")
+    p.add_argument("--num-heldout", type=int, default=10, help="combinations kept out of training")
+    p.set_defaults(func=_run_synth)
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from .synth import write_synth
+
+    summary = write_synth(args.out, args.num, args.image_size, args.seed, args.lang, args.num_heldout)
+    print(f"synth: {summary.num_train} training and {summary.num_heldout} held-out images in {summary.out} "
+          f"({len(summary.heldout)} held-out combinations)")
+    return 0
+
+
+def _add_preprocess(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "preprocess", help="tokenize (image, caption) pairs into webdataset token shards + dataset.json",
+        description="Inputs: JSONL/TSV files of (image path, caption), folders of images with same-name .txt "
+        "captions, or img2dataset-style .tar shards (KEY.jpg|png|webp + KEY.txt). Re-running continues "
+        "an interrupted run.",
+    )
+    p.add_argument("inputs", nargs="+", help="JSONL/TSV files, image folders or .tar files")
+    p.add_argument("--text-tokenizer", required=True, help="SentencePiece .model file")
+    p.add_argument("--image-tokenizer", required=True, help="VQ-VAE folder (model.safetensors + config.json)")
+    p.add_argument("--out", required=True, help="output folder for PREFIX-000000.tar ... and dataset.json")
+    p.add_argument("--prefix", default="data", help="shard name prefix")
+    p.add_argument("--seq-len", type=int, default=1089, help="stored sequence length (inputs + 1 label)")
+    p.add_argument("--task", choices=("text2image", "image2text", "superres"), default="text2image",
+                   help="sequence template")
+    p.add_argument("--samples-per-shard", type=int, default=1000, help="input items per shard")
+    p.add_argument("--workers", type=int, default=0, help="image-decoding processes (0: in this process)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per VQ-VAE encoding batch")
+    p.add_argument("--device", default="cpu", help="device for VQ-VAE encoding (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--image-size", type=int, default=None, help="image side (default: the VQ-VAE's size)")
+    p.add_argument("--caption-column", default=None, help="caption field of JSONL/TSV inputs")
+    p.add_argument("--image-column", default=None, help="image path field of JSONL/TSV inputs")
+    p.add_argument("--num-text-tokens", type=int, default=None, help="text ids in the layout (default: tokenizer size)")
+    p.add_argument("--num-image-tokens", type=int, default=None, help="image ids in the layout (default: codebook size)")
+    p.set_defaults(func=_run_preprocess)
+
+
+def _run_preprocess(args: argparse.Namespace) -> int:
+    from .preprocess import PreprocessConfig, preprocess
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    config = PreprocessConfig(
+        tuple(args.inputs), args.text_tokenizer, args.image_tokenizer, args.out, prefix=args.prefix,
+        seq_len=args.seq_len, task=args.task, samples_per_shard=args.samples_per_shard, workers=args.workers,
+        batch_size=args.batch_size, device=args.device, image_size=args.image_size,
+        caption_column=args.caption_column, image_column=args.image_column,
+        num_text_tokens=args.num_text_tokens, num_image_tokens=args.num_image_tokens,
+    )
+    preprocess(config)
+    return 0
+
+
+def _add_info(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("data-info", help="summarise (and optionally verify) a preprocessed dataset")
+    p.add_argument("dataset", help="folder with dataset.json")
+    p.add_argument("--verify", action="store_true", help="read every shard and report corrupt or short ones")
+    p.set_defaults(func=_run_info)
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from .shards import Manifest, decode_sample
+    from .wds import ShardReadError, iter_tar
+
+    m = Manifest.load(args.dataset)
+    print(f"{m.root}: {m.num_samples} samples in {len(m.shards)} shard(s), task {m.task}, seq_len {m.seq_len}, "
+          f"dtype {m.dtype}")
+    print(f"layout {m.layout} ({m.layout_fingerprint[:12]}); text tokenizer {m.text_tokenizer[:12]}; "
+          f"image tokenizer {m.image_tokenizer[:12]}")
+    if m.stats:
+        print("stats " + ", ".join(f"{k}={v}" for k, v in m.stats.items()))
+    if not args.verify:
+        return 0
+    problems = 0
+    for shard, path in zip(m.shards, m.shard_paths()):
+        seen = 0
+        try:
+            for raw in iter_tar(path):
+                decode_sample(raw, m.seq_len)
+                seen += 1
+        except (ShardReadError, ValueError, OSError) as e:
+            problems += 1
+            print(f"BAD {shard.name}: {e}")
+            continue
+        if seen != shard.samples:
+            problems += 1
+            print(f"BAD {shard.name}: {seen} samples, manifest says {shard.samples}")
+    if problems:
+        raise DataError(f"{problems} shard(s) of {m.root} are damaged; re-run `cogview preprocess` into a new --out")
+    print("all shards verified")
+    return 0

@@ -1,0 +1,302 @@
+"""`cogview preprocess`: raw (image, caption) pairs -> fixed-length token sequences in tar shards + manifest."""
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import time
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from tokenization import templates
+from tokenization.image import ImageTokenizer
+from tokenization.layout import TokenLayout
+from tokenization.text import TextTokenizer
+from tokenization.unified import UnifiedTokenizer
+
+from .errors import DataError
+from .imageio import decode_task
+from .progress import progress
+from .shards import MANIFEST_NAME, Manifest, ShardInfo, storage_dtype
+from .sources import RawItem, iter_inputs
+from .wds import safe_key
+from .writer import TokenRecord, shard_name, write_shard
+
+logger = logging.getLogger("data_utils")
+TASKS = ("text2image", "image2text", "superres")
+PROGRESS_DIR = ".progress"
+_LOGGED_PER_KIND = 10
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Settings of one preprocessing run (the ones that change the output are recorded in the manifest)."""
+
+    inputs: tuple[str, ...]
+    text_tokenizer: str
+    image_tokenizer: str
+    out: str
+    prefix: str = "data"
+    seq_len: int = 1089
+    task: str = "text2image"
+    samples_per_shard: int = 1000
+    workers: int = 0
+    batch_size: int = 64
+    device: str = "cpu"
+    image_size: int | None = None  # default: the image tokenizer's trained size
+    caption_column: str | None = None
+    image_column: str | None = None
+    num_text_tokens: int | None = None  # layout sizes; default: the tokenizers' own sizes
+    num_image_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise DataError(f"--task {self.task!r} is unknown; use one of {', '.join(TASKS)}")
+        if self.samples_per_shard < 1 or self.batch_size < 1 or self.workers < 0:
+            raise DataError("--samples-per-shard and --batch-size must be >= 1 and --workers >= 0")
+        if not self.inputs:
+            raise DataError("no inputs given; pass JSONL/TSV files, image folders or .tar shards")
+        shard_name(self.prefix, 0)  # validates the prefix
+
+
+@dataclass
+class Stats:
+    """Counts of what happened to the input items."""
+
+    read: int = 0
+    written: int = 0
+    unreadable: int = 0
+    empty_caption: int = 0
+    truncated: int = 0  # samples whose text was cut to fit seq_len
+    truncated_pieces: int = 0
+
+    def add(self, other: dict[str, int]) -> None:
+        """Add the counts of a finished shard."""
+        for k, v in other.items():
+            setattr(self, k, getattr(self, k) + int(v))
+
+    def summary(self) -> str:
+        """One line for the end of the run."""
+        return (f"{self.written} of {self.read} samples written; skipped {self.unreadable} unreadable image(s) "
+                f"and {self.empty_caption} empty caption(s); truncated {self.truncated} caption(s) "
+                f"({self.truncated_pieces} text tokens cut)")
+
+
+class _Run:
+    """One preprocessing run: tokenizers, settings, executor and counters."""
+
+    def __init__(self, config: PreprocessConfig, log: Callable[[str], None]) -> None:
+        self.config, self.log = config, log
+        self.text = TextTokenizer(config.text_tokenizer)
+        self.image = ImageTokenizer.from_pretrained(config.image_tokenizer, device=config.device)
+        layout = TokenLayout(config.num_image_tokens or self.image.num_codes, config.num_text_tokens or self.text.vocab_size)
+        self.layout = UnifiedTokenizer(self.text, self.image, layout).layout  # validates the sizes
+        self.size = config.image_size or self.image.image_size
+        if self.size % self.image.downsample or (config.task == "superres" and self.size % (2 * self.image.downsample)):
+            raise DataError(f"--image-size {self.size} must be a multiple of {self.image.downsample} (x2 for superres)")
+        grid = self.size // self.image.downsample
+        codes = grid * grid + ((grid // 2) ** 2 if config.task == "superres" else 0)
+        task_name = {"text2image": "text_to_image", "image2text": "image_to_text", "superres": "super_resolution"}
+        fixed = 10**9 - templates.max_text_length(codes, 10**9, task_name[config.task])  # commands + codes
+        if config.seq_len <= fixed:
+            raise DataError(f"--seq-len {config.seq_len} leaves no room for text beside {codes} image codes; "
+                            f"use at least {fixed + 1} (e.g. {fixed + 16})")
+        self.dtype = storage_dtype(self.layout.vocab_size)
+        self.progress_dir = os.path.join(config.out, PROGRESS_DIR)
+        self.logged: dict[str, int] = {}
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that determine the output bytes (a resumed run must match them)."""
+        c = self.config
+        return {
+            "inputs": [os.path.abspath(p) for p in c.inputs], "prefix": c.prefix, "seq_len": c.seq_len, "task": c.task,
+            "samples_per_shard": c.samples_per_shard, "image_size": self.size, "caption_column": c.caption_column,
+            "image_column": c.image_column, "layout": self.layout.to_dict(),
+            "text_tokenizer": self.text.fingerprint(), "image_tokenizer": self.image.fingerprint(),
+        }
+
+    def bad(self, kind: str, key: str, why: str) -> None:
+        """Log a skipped item (the first few of each kind; all are counted)."""
+        self.logged[kind] = self.logged.get(kind, 0) + 1
+        if self.logged[kind] <= _LOGGED_PER_KIND:
+            logger.warning("skipped %s sample %r: %s", kind, key, why)
+
+    def encode(self, ok: list[tuple[RawItem, np.ndarray]], stats: dict[str, int]) -> list[TokenRecord]:
+        """VQ-encode decoded images in batches and build template sequences."""
+        records: list[TokenRecord] = []
+        seen: set[str] = set()
+        for start in range(0, len(ok), self.config.batch_size):
+            batch = ok[start : start + self.config.batch_size]
+            images = [Image.fromarray(arr) for _, arr in batch]
+            codes = self.image.encode(images, image_size=self.size).numpy()  # [b, g, g]
+            low = self.image.encode(images, image_size=self.size // 2).numpy() if self.config.task == "superres" else None
+            for i, (item, _) in enumerate(batch):
+                caption = item.caption.strip()
+                text_ids = self.text.encode(caption)
+                seq = self.build(text_ids, codes[i], None if low is None else low[i])
+                stats["truncated"] += int(seq.text_truncated > 0)
+                stats["truncated_pieces"] += seq.text_truncated
+                key = safe_key(item.key)
+                while key in seen:
+                    key += "_dup"
+                seen.add(key)
+                meta = {"source": item.key, "task": self.config.task, "text_len": len(text_ids),
+                        "text_truncated": seq.text_truncated}
+                records.append(TokenRecord(key, seq.tokens, seq.position_ids, caption, meta))
+        return records
+
+    def build(self, text_ids: list[int], codes: np.ndarray, low: np.ndarray | None) -> templates.TemplateSequence:
+        """The sequence of one sample for the configured task."""
+        task, lay, n = self.config.task, self.layout, self.config.seq_len
+        if task == "text2image":
+            return templates.text_to_image(lay, text_ids, codes, n)
+        if task == "image2text":
+            return templates.image_to_text(lay, codes, text_ids, n)
+        return templates.super_resolution(lay, text_ids, low, codes, n)
+
+
+def _chunks(items: Iterator[RawItem], size: int) -> Iterator[list[RawItem]]:
+    """Consecutive lists of `size` items; shard k always holds the items of chunk k (resumable)."""
+    chunk: list[RawItem] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _submit(run: _Run, executor: Executor | None, chunk: list[RawItem], stats: dict[str, int]) -> list:
+    """Start decoding a chunk's usable items; returns [(item, future or result)]."""
+    jobs = []
+    for item in chunk:
+        if item.error is not None:
+            stats["unreadable"] += 1
+            run.bad("unreadable", item.key, item.error)
+        elif not item.caption.strip():
+            stats["empty_caption"] += 1
+            run.bad("empty-caption", item.key, "caption is empty")
+        else:
+            task = (item.image_path, item.image_bytes, run.size)
+            jobs.append((item, executor.submit(decode_task, task) if executor else decode_task(task)))
+    return jobs
+
+
+def _finish(run: _Run, index: int, jobs: list, stats: dict[str, int]) -> ShardInfo:
+    """Wait for a chunk's decoding, encode it and write its shard and progress record."""
+    ok: list[tuple[RawItem, np.ndarray]] = []
+    for item, job in jobs:
+        image, error = job.result() if isinstance(job, Future) else job
+        if error is not None or image is None:
+            stats["unreadable"] += 1
+            run.bad("unreadable", item.key, error or "no image")
+        else:
+            ok.append((item, image))
+    records = run.encode(ok, stats)
+    info = write_shard(run.config.out, run.config.prefix, index, records, run.config.seq_len, run.dtype)
+    stats["written"] = info.samples
+    record = {"shard": asdict(info), "stats": stats}
+    _write_json(os.path.join(run.progress_dir, shard_name(run.config.prefix, index) + ".json"), record)
+    return info
+
+
+def _write_json(path: str, data: dict) -> None:
+    """Write JSON atomically."""
+    tmp = path + ".partial"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False)
+    os.replace(tmp, path)
+
+
+def _check_settings(run: _Run) -> Manifest | None:
+    """Refuse an --out made with other settings; return the finished manifest if the job is already done."""
+    settings, out = run.settings(), run.config.out
+    if os.path.exists(os.path.join(out, MANIFEST_NAME)):
+        manifest = Manifest.load(out)
+        if manifest.settings != settings:
+            raise DataError(f"{out} already holds a dataset made with other settings; use a new --out or delete it")
+        return manifest
+    path = os.path.join(run.progress_dir, "settings.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            if json.load(f) != settings:
+                raise DataError(f"{out} holds an unfinished run with other settings; use a new --out or delete it")
+    else:
+        os.makedirs(run.progress_dir, exist_ok=True)
+        _write_json(path, settings)
+    return None
+
+
+def _done_shard(run: _Run, index: int) -> dict | None:
+    """The progress record of shard `index` if it was completed by an earlier run."""
+    name = shard_name(run.config.prefix, index)
+    record = os.path.join(run.progress_dir, name + ".json")
+    if os.path.exists(record) and os.path.exists(os.path.join(run.config.out, name)):
+        with open(record, encoding="utf-8") as f:
+            return json.load(f)
+    return None
+
+
+def preprocess(config: PreprocessConfig, log: Callable[[str], None] = print) -> Manifest:
+    """Tokenize every input pair into shards under config.out; continues an interrupted run; returns the manifest."""
+    os.makedirs(config.out, exist_ok=True)
+    run = _Run(config, log)
+    finished = _check_settings(run)
+    if finished is not None:
+        log(f"{config.out} is already complete ({finished.num_samples} samples); nothing to do")
+        return finished
+    started, total, shards = time.time(), Stats(), []
+    context = multiprocessing.get_context("spawn")
+    executor = ProcessPoolExecutor(config.workers, mp_context=context) if config.workers > 0 else None
+    pending: tuple[int, list, dict[str, int]] | None = None
+    try:
+        with progress(None, "preprocess", "sample") as bar:
+            for index, chunk in enumerate(_chunks(iter_inputs(config.inputs, config.caption_column, config.image_column),
+                                                  config.samples_per_shard)):
+                done = _done_shard(run, index)
+                if done is not None:
+                    shards.append(ShardInfo(**done["shard"]))
+                    total.add(done["stats"])
+                    bar.update(len(chunk))
+                    continue
+                stats = {k: 0 for k in asdict(Stats())}
+                stats["read"] = len(chunk)
+                jobs = _submit(run, executor, chunk, stats)  # decode this chunk while the previous one encodes
+                if pending is not None:
+                    shards.append(_finish(run, *pending))
+                    total.add(pending[2])
+                    bar.update(pending[2]["read"])
+                pending = (index, jobs, stats)
+            if pending is not None:
+                shards.append(_finish(run, *pending))
+                total.add(pending[2])
+                bar.update(pending[2]["read"])
+    finally:
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
+    if not shards:
+        raise DataError(f"the inputs {', '.join(config.inputs)} hold no samples; check the paths")
+    shards.sort(key=lambda s: s.name)
+    manifest = Manifest(
+        task=config.task, seq_len=config.seq_len, dtype=run.dtype, layout=run.layout.to_dict(),
+        layout_fingerprint=run.layout.fingerprint(), text_tokenizer=run.text.fingerprint(),
+        image_tokenizer=run.image.fingerprint(), shards=shards,
+        stats={**asdict(total), "seconds": round(time.time() - started, 2)}, settings=run.settings(),
+        root=os.path.abspath(config.out),
+    )
+    manifest.save(config.out)
+    shutil.rmtree(run.progress_dir, ignore_errors=True)
+    log(f"preprocess: {total.summary()}; {len(shards)} shard(s) in {config.out}")
+    return manifest
+
+
+def preprocess_paths(inputs: Sequence[str], text_tokenizer: str, image_tokenizer: str, out: str, **kwargs: Any) -> Manifest:
+    """preprocess() with the config given as keyword arguments."""
+    return preprocess(PreprocessConfig(tuple(inputs), text_tokenizer, image_tokenizer, out, **kwargs), log=lambda s: None)

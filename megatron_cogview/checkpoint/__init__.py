@@ -1,0 +1,1 @@
+"""Checkpoint layout (DESIGN.md), inference loading and conversion between parallel layouts."""

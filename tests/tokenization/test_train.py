@@ -1,0 +1,147 @@
+"""train-vqvae: data sources (folder, list, tars), exact resume, checkpoints, CLI, logs."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.tokenization.conftest import tiny_vqvae_config
+from tests.tokenization.shapes import shape_images
+from tokenization.cli import register
+from tokenization.errors import TokenizationError
+from tokenization.vqvae.data import ImageFolderDataset, ResumableBatchSampler, expand_braces, find_images
+from tokenization.vqvae.train import TrainOptions, train_vqvae
+
+
+def _write_tar(path: Path, n: int, seed: int) -> Path:
+    """A webdataset shard: KEY.jpg / KEY.png with KEY.txt captions beside them."""
+    with tarfile.open(path, "w") as tar:
+        for i, image in enumerate(shape_images(n, seed=seed)):
+            for name, data in (
+                (f"s{seed}_{i:03d}.{'png' if i % 2 else 'jpg'}", _encode(image, "PNG" if i % 2 else "JPEG")),
+                (f"s{seed}_{i:03d}.txt", b"a caption"),
+            ):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _encode(image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _options(data: list[str], out: Path, **overrides: object) -> TrainOptions:
+    base = dict(data=data, out=out, steps=6, batch_size=8, lr=1e-3, warmup_steps=2, workers=0, save_every=3,
+                log_every=3, seed=1, progress=False)  # fmt: skip
+    base.update(overrides)
+    return TrainOptions(**base)  # type: ignore[arg-type]
+
+
+def test_resume_is_bit_exact(shapes_dir: Path, tmp_path: Path) -> None:
+    config = tiny_vqvae_config()
+    lines: list[str] = []
+    train_vqvae(config, _options([str(shapes_dir)], tmp_path / "full", steps=8, save_every=4), log=lines.append)
+    train_vqvae(config, _options([str(shapes_dir)], tmp_path / "part", steps=4, save_every=4), log=lambda s: None)
+    resumed: list[str] = []
+    train_vqvae(
+        config, _options([str(shapes_dir)], tmp_path / "part", steps=8, save_every=4, resume=True), log=resumed.append
+    )
+    assert any("resumed from" in line and "step 4" in line for line in resumed)
+    full = load_file(str(tmp_path / "full" / "model.safetensors"))
+    part = load_file(str(tmp_path / "part" / "model.safetensors"))
+    assert full.keys() == part.keys()
+    for key in full:
+        assert torch.equal(full[key], part[key]), key
+    first = load_file(str(tmp_path / "full" / "model.safetensors"))
+    assert not torch.equal(first["quantizer.codebook"], torch.zeros_like(first["quantizer.codebook"]))
+    assert any("psnr" in line and "perplexity" in line and "codes_used" in line for line in lines)
+
+
+def test_checkpoint_guards(shapes_dir: Path, tmp_path: Path) -> None:
+    config = tiny_vqvae_config()
+    with pytest.raises(TokenizationError, match="no checkpoint"):
+        train_vqvae(config, _options([str(shapes_dir)], tmp_path / "a", resume=True), log=lambda s: None)
+    train_vqvae(config, _options([str(shapes_dir)], tmp_path / "b", steps=3), log=lambda s: None)
+    with pytest.raises(TokenizationError, match="--resume"):
+        train_vqvae(config, _options([str(shapes_dir)], tmp_path / "b", steps=3), log=lambda s: None)
+    with pytest.raises(TokenizationError, match="different model config"):
+        train_vqvae(
+            tiny_vqvae_config(code_dim=8), _options([str(shapes_dir)], tmp_path / "b", resume=True), log=lambda s: None
+        )
+
+
+def test_sampler_restarts_mid_stream() -> None:
+    full = ResumableBatchSampler(10, 4, seed=3)
+    stream = iter(full)
+    batches = [next(stream) for _ in range(7)]
+    later = iter(ResumableBatchSampler(10, 4, seed=3, start_step=4))
+    assert [next(later) for _ in range(3)] == batches[4:]
+    flat = [i for b in batches[:5] for i in b]  # 20 indices = 2 epochs, each a permutation
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
+    assert flat[:10] != flat[10:20]
+
+
+def test_data_sources(tmp_path: Path, shapes_dir: Path) -> None:
+    shards = [_write_tar(tmp_path / f"shard-{i:03d}.tar", 6, seed=i) for i in range(3)]
+    sources = find_images([str(tmp_path / "shard-{000..002}.tar")])
+    assert len(sources) == 18 and all(s.offset >= 0 for s in sources)
+    assert expand_braces("a-{08..10}.tar") == ["a-08.tar", "a-09.tar", "a-10.tar"]
+    listing = tmp_path / "list.txt"  # absolute paths, and relative ones (to the list file) with a TSV tail
+    files = sorted(shapes_dir.iterdir())
+    (tmp_path / "local.png").write_bytes(files[0].read_bytes())
+    listing.write_text("# images\n" + "\n".join(str(p) for p in files[:4]) + "\nlocal.png\tcaption\n")
+    assert len(find_images([str(listing)])) == 5
+    assert len(find_images([str(shapes_dir)])) == 256
+    dataset = ImageFolderDataset(sources + find_images([str(listing)]), 32, (0.5,) * 3, (0.5,) * 3)
+    item = dataset[1]  # a PNG from inside a tar
+    assert item.shape == (3, 32, 32) and item.min() >= -1 and item.max() <= 1
+    assert dataset[len(dataset) - 1].shape == (3, 32, 32)
+    with pytest.raises(TokenizationError, match="not found"):
+        find_images([str(tmp_path / "missing")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TokenizationError, match="holds no images"):
+        find_images([str(tmp_path / "empty")])
+    with pytest.raises(TokenizationError, match="compressed"):
+        (tmp_path / "x.tar.gz").write_bytes(b"")
+        find_images([str(tmp_path / "x.tar.gz")])
+    assert shards
+
+
+def test_broken_image_is_skipped(tmp_path: Path, shapes_dir: Path) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    good = sorted(shapes_dir.iterdir())[0]
+    dataset = ImageFolderDataset(find_images([str(bad), str(good)]), 32, (0.5,) * 3, (0.5,) * 3)
+    assert dataset[0].shape == (3, 32, 32)
+
+
+def test_cli_train_vqvae_on_tars_with_workers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for i in range(2):
+        _write_tar(tmp_path / f"data-{i}.tar", 8, seed=10 + i)
+    parser = argparse.ArgumentParser(prog="cogview")
+    register(parser.add_subparsers(dest="command"))
+    out = tmp_path / "tok"
+    argv = ["tokenizer", "train-vqvae", "--data", str(tmp_path / "data-{0..1}.tar"), "--out", str(out), "--steps", "4",
+            "--batch-size", "4", "--workers", "2", "--save-every", "2", "--log-every", "2", "--image-size", "32",
+            "--downsample", "4", "--codebook-size", "32", "--code-dim", "8", "--hidden-channels", "16",
+            "--res-channels", "8", "--num-res-blocks", "1"]  # fmt: skip
+    args = parser.parse_args(argv)
+    assert args.func(args) == 0
+    text = capsys.readouterr().out
+    assert "step 2/4" in text and "psnr" in text and "codes_used" in text
+    assert {p.name for p in out.iterdir()} >= {"model.safetensors", "config.json", "checkpoint.pt", "train_log.jsonl"}
+    args = parser.parse_args(argv[:7] + ["6", "--resume", "--workers", "0", "--codebook-size", "32"])
+    assert args.func(args) == 0
+    assert "resumed from" in capsys.readouterr().out
+    args = parser.parse_args(argv[:7] + ["8", "--resume", "--codebook-size", "16"])
+    with pytest.raises(TokenizationError, match="--codebook-size"):
+        args.func(args)

@@ -1,0 +1,259 @@
+"""VQ-VAE training loop: DataLoader workers, progress bar, resumable checkpoints, usage/PSNR logs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import DataLoader
+
+from tokenization.errors import TokenizationError
+from tokenization.vqvae.config import VQVAEConfig
+from tokenization.vqvae.data import ImageFolderDataset, ResumableBatchSampler, find_images
+from tokenization.vqvae.model import VQVAE
+from tokenization.vqvae.serialization import save_pretrained
+
+CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "train_log.jsonl"
+
+
+@dataclass
+class TrainOptions:
+    """How to train (the model itself is described by VQVAEConfig)."""
+
+    data: list[str]
+    out: Path
+    steps: int = 100_000
+    batch_size: int = 32
+    lr: float = 3e-4
+    warmup_steps: int = 500
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    workers: int = 4
+    save_every: int = 2000
+    log_every: int = 100
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False  # bf16 autocast on CUDA (the quantiser stays in fp32)
+    resume: bool = False
+    progress: bool | None = None  # None: only when stderr is a TTY
+
+
+@dataclass
+class UsageMeter:
+    """Running metrics over one log window."""
+
+    codebook_size: int
+    counts: torch.Tensor | None = None
+    sums: torch.Tensor | None = None  # [3]: reconstruction loss, commitment loss, MSE in [0, 1] pixels
+    steps: int = 0
+
+    def add(self, counts: torch.Tensor, rec: torch.Tensor, commit: torch.Tensor, mse01: torch.Tensor) -> None:
+        """Accumulate one step (stays on the device: no host sync until summary)."""
+        values = torch.stack([rec.detach().float(), commit.detach().float(), mse01.detach().float()])
+        self.counts = counts.detach().clone() if self.counts is None else self.counts + counts.detach()
+        self.sums = values if self.sums is None else self.sums + values
+        self.steps += 1
+
+    def summary(self) -> dict[str, float]:
+        """Means over the window, PSNR, perplexity and the fraction of codes used."""
+        assert self.counts is not None and self.sums is not None and self.steps > 0
+        probs = self.counts.float() / self.counts.sum().clamp_min(1)
+        perplexity = math.exp(float(-(probs * probs.clamp_min(1e-12).log()).sum()))
+        rec, commit, mse = (float(v) / self.steps for v in self.sums.cpu())
+        return {
+            "rec_loss": rec,
+            "commit_loss": commit,
+            "psnr": 10.0 * math.log10(1.0 / max(mse, 1e-10)),
+            "perplexity": perplexity,
+            "codes_used": float((self.counts > 0).float().mean()),
+        }
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports."""
+
+    step: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    out: Path = Path(".")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise TokenizationError(f"unknown --device {name!r}; use auto, cpu, cuda or cuda:N") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TokenizationError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    return device
+
+
+def _validate(options: TrainOptions) -> None:
+    for name in ("steps", "batch_size", "save_every", "log_every"):
+        if getattr(options, name) < 1:
+            raise TokenizationError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(options, name)}")
+    if options.workers < 0 or options.warmup_steps < 0:
+        raise TokenizationError("--workers and --warmup-steps must be >= 0")
+    if options.lr <= 0:
+        raise TokenizationError(f"--lr must be positive, got {options.lr}")
+
+
+def _lr_scale(step: int, warmup: int) -> float:
+    return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+
+
+def _save_checkpoint(
+    path: Path, model: VQVAE, optimizer: torch.optim.Optimizer, step: int, options: TrainOptions
+) -> None:
+    """Everything needed to continue bit for bit: weights, codebook EMA, optimiser, RNG, data position."""
+    state = {
+        "step": step,
+        "config": model.config.to_dict(),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "seed": options.seed,
+        "batch_size": options.batch_size,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A training checkpoint written by train_vqvae (tensors and plain values only)."""
+    if not path.is_file():
+        raise TokenizationError(f"no checkpoint at {str(path)!r} to resume from; drop --resume to start fresh")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise TokenizationError(
+            f"cannot read checkpoint {str(path)!r} ({type(e).__name__}); delete it or restore a good copy"
+        ) from e
+
+
+def train_vqvae(config: VQVAEConfig, options: TrainOptions, log: Callable[[str], None] = print) -> TrainResult:
+    """Train (or resume) a VQ-VAE and export model.safetensors + config.json into options.out."""
+    _validate(options)
+    device = _device(options.device)
+    sources = find_images(options.data)  # before creating anything, so a bad --data leaves no trace
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = out / CHECKPOINT_NAME
+    checkpoint = load_checkpoint(checkpoint_path) if options.resume else None
+    if checkpoint is not None:
+        saved = VQVAEConfig.from_dict(checkpoint["config"])
+        if saved != config:
+            raise TokenizationError(
+                f"the checkpoint in {str(out)!r} was trained with a different model config; "
+                "drop the model flags when resuming or use a new --out"
+            )
+        if checkpoint["batch_size"] != options.batch_size or checkpoint["seed"] != options.seed:
+            log("warning: --batch-size/--seed differ from the checkpoint; the data order will not match the first run")
+    elif checkpoint_path.exists():
+        raise TokenizationError(
+            f"{str(out)!r} already holds a training checkpoint; pass --resume to continue it or pick a new --out"
+        )
+
+    dataset = ImageFolderDataset(sources, config.image_size, config.normalize_mean, config.normalize_std)
+    torch.manual_seed(options.seed)
+    model = VQVAE(config).to(device)
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.dim() <= 1 else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": options.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=options.lr,
+        betas=(0.9, 0.99),
+    )
+    start = 0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        torch.set_rng_state(checkpoint["rng_cpu"])
+        if checkpoint["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["rng_cuda"])
+        start = int(checkpoint["step"])
+        log(f"resumed from {checkpoint_path} at step {start}")
+    if start >= options.steps:
+        log(f"checkpoint is already at step {start} >= --steps {options.steps}; nothing to do")
+        save_pretrained(model, out)
+        return TrainResult(start, {}, out)
+
+    sampler = ResumableBatchSampler(len(dataset), options.batch_size, options.seed, start_step=start)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=options.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=4 if options.workers > 0 else None,
+        generator=torch.Generator().manual_seed(options.seed),  # keeps the global RNG untouched
+    )
+    log(
+        f"training VQ-VAE on {len(dataset)} images, {device}, {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"grid {config.grid_size}x{config.grid_size}, codebook {config.codebook_size}x{config.code_dim}"
+    )
+    show_bar = sys.stderr.isatty() if options.progress is None else options.progress
+    from tqdm import tqdm  # light, but only needed here
+
+    bar = tqdm(total=options.steps, initial=start, disable=not show_bar, unit="step", dynamic_ncols=True)
+    mean = torch.tensor(config.normalize_mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(config.normalize_std, device=device).view(1, -1, 1, 1)
+    meter = UsageMeter(config.codebook_size)
+    metrics: dict[str, float] = {}
+    log_file = (out / LOG_NAME).open("a", encoding="utf-8")
+    model.train()
+    step = start
+    began = time.perf_counter()
+    try:
+        for batch in loader:
+            batch = batch.to(device, non_blocking=True)
+            for group in optimizer.param_groups:
+                group["lr"] = options.lr * _lr_scale(step, options.warmup_steps)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=options.amp and device.type == "cuda"):
+                result = model(batch)
+            optimizer.zero_grad(set_to_none=True)
+            result.loss.backward()
+            if options.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
+            optimizer.step()
+            step += 1
+            with torch.no_grad():
+                recon01 = (result.reconstruction.float() * std + mean).clamp(0, 1)
+                mse01 = (recon01 - (batch * std + mean)).pow(2).mean()
+            meter.add(result.counts, result.reconstruction_loss.detach(), result.commitment_loss.detach(), mse01)
+            bar.update(1)
+            if step % options.log_every == 0 or step == options.steps:
+                metrics = meter.summary()
+                elapsed = time.perf_counter() - began
+                log(
+                    f"step {step}/{options.steps} rec_loss {metrics['rec_loss']:.5f} psnr {metrics['psnr']:.2f} dB "
+                    f"commit {metrics['commit_loss']:.5f} perplexity {metrics['perplexity']:.1f} "
+                    f"codes_used {metrics['codes_used']:.3f} ({elapsed:.0f}s)"
+                )
+                log_file.write(json.dumps({"step": step, **metrics}) + "\n")
+                log_file.flush()
+                bar.set_postfix(psnr=f"{metrics['psnr']:.1f}", used=f"{metrics['codes_used']:.2f}")
+                meter = UsageMeter(config.codebook_size)
+            if step % options.save_every == 0 or step == options.steps:
+                _save_checkpoint(checkpoint_path, model, optimizer, step, options)
+                save_pretrained(model, out)
+            if step >= options.steps:
+                break
+    finally:
+        bar.close()
+        log_file.close()
+    log(f"saved {out / 'model.safetensors'} and {out / 'config.json'} (step {step})")
+    return TrainResult(step, metrics, out)
