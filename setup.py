@@ -11,6 +11,7 @@ setup(
     packages=find_packages(
         include=["megatron_cogview*", "tokenization*", "data_utils*", "finetune*"]
     ),
+    py_modules=["arguments", "pretrain_gpt2"],
     install_requires=[
         "torch>=2.1",
         "deepspeed>=0.14",

@@ -195,10 +195,167 @@ class ParallelConfig:
         return world_size // self.tensor_parallel_size
 
 
+Precision = Literal["fp32", "bf16", "fp16"]
+DecayStyle = Literal["cosine", "linear", "constant"]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, precision, checkpointing and logging of a pre-training run."""
+
+    train_iters: int = 1000
+    """Optimizer steps to run in total (a resumed run continues up to this number)."""
+    micro_batch_size: int = 8
+    """Sequences per data-parallel rank per micro-batch."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches accumulated per optimizer step (global batch = micro x accumulation x dp)."""
+    global_batch_size: int = 0
+    """Sequences per optimizer step over all ranks; sets the accumulation steps (0: micro x accumulation x dp)."""
+    lr: float = 3e-4
+    """Peak learning rate (CogView: 3e-4)."""
+    min_lr_ratio: float = 0.1
+    """Learning-rate floor as a fraction of the peak (CogView: 0.1)."""
+    warmup: float = 0.02
+    """Warm-up length: a fraction of train_iters if < 1, else a number of steps (CogView: 2%)."""
+    lr_decay_style: DecayStyle = "cosine"
+    """Decay after warm-up: cosine, linear or constant."""
+    weight_decay: float = 0.04
+    """AdamW weight decay (not applied to LayerNorms and biases)."""
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+    adam_beta2: float = 0.95
+    """AdamW beta2 (CogView: 0.95)."""
+    adam_eps: float = 1e-8
+    """AdamW epsilon."""
+    clip_grad: float = 1.0
+    """Global gradient-norm clipping threshold (0 disables)."""
+    precision: Precision = "fp32"
+    """fp32, bf16, or fp16 (dynamic loss scaling; GPU only)."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage 0-3 (3 only with tensor-parallel size 1)."""
+    txt_loss_scale: float = 1.0
+    """Weight of text-token losses relative to image-token losses (by the label's type)."""
+    seed: int = 1234
+    """Seed of data order, weight init and dropout."""
+    log_interval: int = 10
+    """Print one log line every this many steps."""
+    eval_interval: int = 0
+    """Run validation every this many steps (0: never)."""
+    eval_iters: int = 10
+    """Validation batches per evaluation."""
+    save: str = ""
+    """Directory for checkpoints and metrics.jsonl ('' disables saving)."""
+    save_interval: int = 0
+    """Save a checkpoint every this many steps (0: only at the end and on SIGTERM/SIGINT)."""
+    keep_last: int = 2
+    """Checkpoints to keep (older ones are deleted after a newer one is complete)."""
+    load: str = ""
+    """Resume from the latest checkpoint in this directory ('' starts fresh)."""
+    exit_interval: int = 0
+    """Save and exit 0 once the iteration is a multiple of this (0: run to train_iters); for job time limits."""
+    max_consecutive_skips: int = 10
+    """Abort after this many consecutive steps skipped for a non-finite loss."""
+    tensorboard_dir: str = ""
+    """Also write scalars to TensorBoard here (needs the [tensorboard] extra)."""
+    allow_cpu_fp16: bool = False
+    """Testing only: allow fp16 on DeepSpeed's CPU accelerator (to exercise the loss scaler)."""
+
+    def __post_init__(self) -> None:
+        for name in ("train_iters", "micro_batch_size", "gradient_accumulation_steps", "log_interval", "keep_last"):
+            _require(getattr(self, name) >= 1, f"{name}={getattr(self, name)} must be >= 1")
+        for name in ("eval_interval", "save_interval", "eval_iters", "max_consecutive_skips", "global_batch_size",
+                     "exit_interval"):
+            _require(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0")
+        _require(self.lr > 0, f"lr={self.lr} must be > 0")
+        _require(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+        _require(self.warmup >= 0, f"warmup={self.warmup} must be >= 0")
+        _require(self.clip_grad >= 0, f"clip_grad={self.clip_grad} must be >= 0 (0 disables clipping)")
+        _require(self.zero_stage in (0, 1, 2, 3), f"zero_stage={self.zero_stage} must be 0, 1, 2 or 3")
+        _require(self.txt_loss_scale >= 0, f"txt_loss_scale={self.txt_loss_scale} must be >= 0")
+        _check_choice("precision", self.precision, Precision)
+        _check_choice("lr_decay_style", self.lr_decay_style, DecayStyle)
+
+    def resolve_batch(self, dp_size: int) -> "TrainConfig":
+        """This config with gradient_accumulation_steps set from global_batch_size for `dp_size` ranks."""
+        per_step = self.micro_batch_size * dp_size
+        if not self.global_batch_size:
+            return self
+        _require(
+            self.global_batch_size % per_step == 0,
+            f"global_batch_size={self.global_batch_size} is not divisible by micro_batch_size x data-parallel size "
+            f"= {self.micro_batch_size} x {dp_size}; choose a multiple of {per_step}",
+        )
+        return dataclasses.replace(self, gradient_accumulation_steps=self.global_batch_size // per_step)
+
+    @property
+    def warmup_steps(self) -> int:
+        """Warm-up length in optimizer steps."""
+        return int(round(self.warmup * self.train_iters)) if self.warmup < 1 else int(self.warmup)
+
+
+@dataclass
+class DataConfig:
+    """Where training data comes from (folders made by `cogview preprocess`)."""
+
+    train_data: str = ""
+    """Comma-separated dataset folders (each with dataset.json); several are mixed by data_weights."""
+    data_weights: str = ""
+    """Comma-separated mixing weights, one per dataset (default: equal)."""
+    valid_data: str = ""
+    """Comma-separated validation dataset folders (default: the last val_shards shards of train_data)."""
+    val_shards: int = 0
+    """Hold out this many shards of each training dataset for validation (never trained on)."""
+    num_workers: int = 0
+    """DataLoader worker processes per data-parallel rank."""
+    shuffle_buffer: int = 1000
+    """Samples in the shuffle buffer."""
+    text_tokenizer: str = ""
+    """SentencePiece model the data was made with (checked against the shards; recorded for generation)."""
+    image_tokenizer: str = ""
+    """VQ-VAE directory the data was made with (checked against the shards; recorded for generation)."""
+
+    def __post_init__(self) -> None:
+        _require(self.val_shards >= 0, f"val_shards={self.val_shards} must be >= 0")
+        _require(self.num_workers >= 0, f"num_workers={self.num_workers} must be >= 0")
+
+    def paths(self, which: str = "train") -> list[str]:
+        """The dataset folders of `train` or `valid`."""
+        text = self.train_data if which == "train" else self.valid_data
+        return [p for p in (x.strip() for x in text.split(",")) if p]
+
+    def weights(self) -> list[float] | None:
+        """Mixing weights (None: equal)."""
+        if not self.data_weights:
+            return None
+        try:
+            return [float(x) for x in self.data_weights.split(",")]
+        except ValueError:
+            raise ConfigError(f"data_weights={self.data_weights!r} must be comma-separated numbers") from None
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each dataclass field (used as --help text)."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
 __all__ = [
     "ConfigError",
     "ModelConfig",
     "ParallelConfig",
+    "TrainConfig",
+    "DataConfig",
+    "field_docs",
     "PRESETS",
     "model_preset",
     "pad_vocab_size",

@@ -15,7 +15,8 @@ import torch.multiprocessing as mp
 
 
 def _worker(fn: Callable[..., Any], rank: int, world: int, store: str, args: tuple, errors: Any) -> None:
-    os.environ.update(GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
+    os.environ.update(GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1",
+                      RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), DS_ACCELERATOR="cpu")
     torch.set_num_threads(1)
     try:
         dist.init_process_group(

@@ -103,8 +103,14 @@ class CogViewModel(nn.Module):
         mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         gather: bool = False,
-    ) -> torch.Tensor:
-        """Logits for `tokens` (see `logits`)."""
+        labels: torch.Tensor | None = None,
+        loss_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor | LMLoss:
+        """Logits for `tokens` (see `logits`), or the LMLoss when `labels` are given (training)."""
+        if labels is not None:
+            if loss_weights is None:
+                loss_weights = torch.ones(labels.shape, device=labels.device)
+            return self.lm_loss(tokens, labels, loss_weights, position_ids, mask)
         return self.logits(self.hidden_states(tokens, position_ids, mask, cache), gather)
 
     def lm_loss(

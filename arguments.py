@@ -1,0 +1,109 @@
+"""Command-line arguments of pretrain_gpt2.py, built from the config dataclasses (their docs are --help)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Sequence, get_args, get_origin
+
+from megatron_cogview.config import (
+    PRESETS,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    ParallelConfig,
+    TrainConfig,
+    field_docs,
+    model_preset,
+)
+
+# ModelConfig.seed is taken from TrainConfig.seed (one seed per run).
+SKIP = {ModelConfig: {"seed"}}
+GROUPS = (("model", ModelConfig), ("parallel", ParallelConfig), ("training", TrainConfig), ("data", DataConfig))
+
+
+@dataclass
+class Args:
+    """Parsed configuration of one run."""
+
+    model_overrides: dict[str, Any]
+    preset: str
+    model_config_file: str
+    parallel: ParallelConfig
+    train: TrainConfig
+    data: DataConfig
+    deepspeed_config: str
+    explicit: set[str] = field(default_factory=set)
+
+    def model_config(self, **fixed: Any) -> ModelConfig:
+        """The model: preset (or --model-config file), then explicit flags, then values fixed by the data."""
+        base = ModelConfig.from_json(self.model_config_file).to_dict() if self.model_config_file else (
+            model_preset(self.preset).to_dict())
+        for key, value in fixed.items():
+            if key in self.model_overrides and self.model_overrides[key] != value:
+                raise ConfigError(f"--{key.replace('_', '-')} {self.model_overrides[key]} disagrees with the data, "
+                                  f"which needs {value}; drop the flag")
+        return ModelConfig.from_dict({**base, **self.model_overrides, **fixed, "seed": self.train.seed})
+
+
+def _add_field(group: argparse._ArgumentGroup, f: dataclasses.Field, doc: str, hints: dict[str, Any]) -> None:
+    flag = "--" + f.name.replace("_", "-")
+    tp = hints[f.name]
+    text = f"{doc} (default: {f.default})".replace("%", "%%")
+    kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": text}
+    if tp is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif get_origin(tp) is typing.Literal:
+        kwargs.update(choices=list(get_args(tp)), type=str)
+    else:
+        kwargs["type"] = tp
+    group.add_argument(flag, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser: one group per config dataclass plus DeepSpeed's flags."""
+    p = argparse.ArgumentParser(
+        prog="pretrain_gpt2.py",
+        description="Pre-train CogView with DeepSpeed (run under deepspeed, torchrun or plain python).",
+    )
+    p.add_argument("--preset", default="demo", choices=sorted(PRESETS), help="model preset (default: demo)")
+    p.add_argument("--model-config", default="", help="JSON ModelConfig file instead of a preset")
+    for title, cls in GROUPS:
+        group = p.add_argument_group(title, cls.__doc__)
+        docs = field_docs(cls)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in SKIP.get(cls, set()):
+                continue
+            _add_field(group, f, docs.get(f.name, ""), hints)
+    ds = p.add_argument_group("deepspeed", "DeepSpeed's own flags")
+    ds.add_argument("--deepspeed", action="store_true", help="accepted for compatibility; DeepSpeed is always used")
+    ds.add_argument("--deepspeed_config", "--deepspeed-config", default="", help="DeepSpeed JSON; see README for how "
+                    "its values combine with the flags")
+    ds.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="set by the launcher")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Args:
+    """Parse the command line into configs (invalid values raise ConfigError with the field name)."""
+    ns = vars(build_parser().parse_args(argv))
+    explicit = {k for k in ns if k not in ("preset", "model_config", "deepspeed", "deepspeed_config", "local_rank")}
+
+    def pick(cls: type) -> dict[str, Any]:
+        names = {f.name for f in dataclasses.fields(cls)} - SKIP.get(cls, set())
+        return {k: ns[k] for k in names if k in ns}
+
+    model_overrides = pick(ModelConfig)
+    if model_overrides:
+        ModelConfig.from_dict({**model_preset(ns["preset"]).to_dict(), **model_overrides})  # validate early
+    return Args(
+        model_overrides=model_overrides,
+        preset=ns["preset"],
+        model_config_file=ns["model_config"],
+        parallel=ParallelConfig(**pick(ParallelConfig)),
+        train=TrainConfig(**pick(TrainConfig)),
+        data=DataConfig(**pick(DataConfig)),
+        deepspeed_config=ns["deepspeed_config"],
+        explicit=explicit,
+    )

@@ -1,0 +1,155 @@
+"""Pre-training entry (`pretrain_gpt2.py`, `cogview train`): joins data, model, engine and loop."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from arguments import Args, parse_args
+from data_utils.errors import DataError
+from data_utils.loader import build_loader
+from data_utils.shards import Manifest
+from megatron_cogview.checkpoint.layout import CheckpointError, CheckpointMeta, read_meta
+from megatron_cogview.config import ConfigError, TrainConfig
+from megatron_cogview.model import CogViewModel
+from megatron_cogview.parallel.state import ParallelState
+from megatron_cogview.training.checkpointing import has_checkpoint
+from megatron_cogview.training.engine import (
+    build_ds_config,
+    create_engine,
+    init_distributed,
+    merge_ds_config,
+    read_ds_json,
+)
+from megatron_cogview.training.logger import TrainLogger
+from megatron_cogview.training.loop import Trainer
+from tokenization.errors import TokenizationError
+from tokenization.layout import TokenLayout
+
+USER_ERRORS = (ConfigError, DataError, TokenizationError, FileNotFoundError)
+
+
+def _manifest(paths: list[str]) -> Manifest:
+    if not paths:
+        raise ConfigError("no training data: pass --train-data DIR (a folder made by `cogview preprocess`)")
+    for p in paths:
+        if not (Path(p) / "dataset.json").is_file():
+            raise DataError(f"{p!r} has no dataset.json: make it with `cogview preprocess` (or check the path)")
+    return Manifest.load(paths[0])
+
+
+def tokenizer_record(args: Args, manifest: Manifest) -> dict[str, Any]:
+    """What the checkpoint records about tokens: layout, fingerprints, and the tokenizer files if given."""
+    rec: dict[str, Any] = {
+        "layout": manifest.layout, "layout_fingerprint": manifest.layout_fingerprint,
+        "text_fingerprint": manifest.text_tokenizer, "image_fingerprint": manifest.image_tokenizer,
+        "num_tokens": TokenLayout.from_dict(manifest.layout).num_tokens, "seq_len": manifest.seq_len,
+    }
+    if args.data.text_tokenizer:
+        from tokenization.text import TextTokenizer
+
+        fp = TextTokenizer(args.data.text_tokenizer).fingerprint()
+        if fp != manifest.text_tokenizer:
+            raise DataError(f"the shards were made with another text tokenizer than {args.data.text_tokenizer!r}; "
+                            "re-run `cogview preprocess` with it or pass the one the data was made with")
+        rec["text"] = os.path.abspath(args.data.text_tokenizer)
+    if args.data.image_tokenizer:
+        from tokenization.image import ImageTokenizer
+
+        fp = ImageTokenizer.from_pretrained(args.data.image_tokenizer).fingerprint()
+        if fp != manifest.image_tokenizer:
+            raise DataError(f"the shards were made with another image tokenizer than {args.data.image_tokenizer!r}; "
+                            "re-run `cogview preprocess` with it or pass the one the data was made with")
+        rec["image"] = os.path.abspath(args.data.image_tokenizer)
+    return rec
+
+
+def _check_resume_tokens(load: str, rec: dict[str, Any]) -> None:
+    if not load or not has_checkpoint(load):
+        return
+    _, meta = read_meta(load)
+    old = meta.tokenizers
+    for key in ("layout_fingerprint", "text_fingerprint", "image_fingerprint"):
+        if key in old and old[key] != rec[key]:
+            raise DataError(f"the training data was made with other tokenizers than checkpoint {load!r} "
+                            f"({key.replace('_', ' ')} differs); use data made with the checkpoint's tokenizers")
+
+
+def _loaders(args: Args, state: ParallelState, train: TrainConfig, manifest: Manifest):  # type: ignore[no-untyped-def]
+    """Train and validation sources on tp rank 0 (peers get broadcasts)."""
+    d = args.data
+    if state.tp_rank != 0:
+        return None, None, bool(d.valid_data or d.val_shards)
+    common = dict(batch_size=train.micro_batch_size, seed=train.seed, num_workers=d.num_workers,
+                  shuffle_buffer=d.shuffle_buffer, txt_loss_scale=train.txt_loss_scale,
+                  layout_fingerprint=manifest.layout_fingerprint, text_tokenizer=manifest.text_tokenizer,
+                  image_tokenizer=manifest.image_tokenizer, seq_len=manifest.seq_len)
+    if d.num_workers and torch.cuda.is_available():
+        common["multiprocessing_context"] = "spawn"
+    train_split = dict(split="train", val_shards=d.val_shards) if d.val_shards else {}
+    source = build_loader(d.paths("train"), state.dp_rank, state.dp_size, weights=d.weights(), **common,
+                          **train_split)
+    valid = None
+    if d.valid_data:
+        valid = build_loader(d.paths("valid"), state.dp_rank, state.dp_size, **common)
+    elif d.val_shards:
+        valid = build_loader(d.paths("train"), state.dp_rank, state.dp_size, split="val", val_shards=d.val_shards,
+                             **common)
+    return source, valid, valid is not None
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Parse, build and train; returns the exit status."""
+    args = parse_args(argv)
+    init_distributed(args.parallel.backend)
+    state = ParallelState.build(args.parallel.tensor_parallel_size)
+    manifest = _manifest(args.data.paths("train"))
+    layout = dataclasses.replace(TokenLayout.from_dict(manifest.layout), tp_size=state.tp_size)
+    model_cfg = args.model_config(vocab_size=layout.vocab_size)
+    if model_cfg.max_position_embeddings < manifest.seq_len - 1:
+        raise ConfigError(f"the data has {manifest.seq_len - 1}-token inputs but max_position_embeddings is "
+                          f"{model_cfg.max_position_embeddings}; raise --max-position-embeddings")
+    train = args.train.resolve_batch(state.dp_size)
+    user_ds = read_ds_json(args.deepspeed_config) if args.deepspeed_config else {}
+    merged = merge_ds_config(train, user_ds, args.explicit)
+    train = merged.train
+    tbs = user_ds.get("train_batch_size")
+    per_step = train.micro_batch_size * train.gradient_accumulation_steps * state.dp_size
+    if isinstance(tbs, int) and tbs != per_step:
+        raise ConfigError(f"train_batch_size={tbs} in the DeepSpeed config is not micro_batch_size x accumulation x "
+                          f"data-parallel size = {per_step}; fix one of them")
+    rec = tokenizer_record(args, manifest)
+    _check_resume_tokens(train.load, rec)
+    logger = TrainLogger(state.rank == 0, train.train_iters, 0, log_dir=train.save, tensorboard_dir=train.tensorboard_dir)
+    for line in merged.decisions:
+        logger.info(f"config: {line}")
+    logger.info(f"world {state.world_size} = tp {state.tp_size} x dp {state.dp_size}; model "
+                f"{model_cfg.num_layers} layers x {model_cfg.hidden_size}, vocab "
+                f"{model_cfg.vocab_size}; global batch {per_step}; precision {train.precision}; ZeRO {train.zero_stage}")
+    source, valid, has_valid = _loaders(args, state, train, manifest)
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+    model = CogViewModel(model_cfg, state, device=device)
+    engine, _ = create_engine(model, state, train, build_ds_config(train, user_ds))
+    meta = CheckpointMeta(model=model_cfg.to_dict(), tensor_parallel_size=state.tp_size, tokenizers=rec)
+    trainer = Trainer(engine=engine, model=model, state=state, train=train, meta=meta, source=source,
+                      valid_source=valid, has_validation=has_valid, logger=logger)
+    trainer.resume()
+    progress = trainer.run()
+    logger.info(f"done: iteration {progress.iteration}, skipped steps {progress.skipped_steps}")
+    logger.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run, turning user errors into one line and exit status 2."""
+    try:
+        return run(argv)
+    except USER_ERRORS + (CheckpointError,) as e:
+        rank = os.environ.get("RANK", "0")
+        prefix = "pretrain_gpt2.py" + (f" [rank {rank}]" if os.environ.get("WORLD_SIZE", "1") != "1" else "")
+        print(f"{prefix}: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,1 @@
+"""Training: DeepSpeed engine wiring, the loop, loss, LR schedule, checkpoints and logs."""

@@ -1,0 +1,103 @@
+"""Rank-0 training logs: one line per N steps, metrics.jsonl, optional TensorBoard, a tqdm bar on a TTY."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _fmt_eta(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+class TrainLogger:
+    """Writes metrics on rank 0 only; every other rank gets a silent logger."""
+
+    def __init__(self, enabled: bool, total_iters: int, start_iter: int, log_dir: str = "",
+                 tensorboard_dir: str = "") -> None:
+        self.enabled, self.total = enabled, total_iters
+        self._jsonl = None
+        self._tb = None
+        self._bar = None
+        if not enabled:
+            return
+        if log_dir:
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            self._jsonl = open(Path(log_dir) / "metrics.jsonl", "a", encoding="utf-8")
+        if tensorboard_dir:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(tensorboard_dir)
+            except ImportError:
+                self.info("tensorboard is not installed (pip install 'megatron-cogview[tensorboard]'); skipping it")
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_iters, initial=start_iter, unit="step", dynamic_ncols=True, leave=False)
+
+    def info(self, message: str) -> None:
+        """A free-form line (rank 0)."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def advance(self, n: int = 1) -> None:
+        """Move the progress bar."""
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def metrics(self, iteration: int, values: dict[str, Any], kind: str = "train") -> None:
+        """One log line and one JSON record."""
+        if not self.enabled:
+            return
+        record = {"kind": kind, "iteration": iteration, "time": time.time(), **values}
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
+        if self._tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self._tb.add_scalar(f"{kind}/{k}", v, iteration)
+        self.info(self.format_line(iteration, values, kind))
+
+    def format_line(self, iteration: int, v: dict[str, Any], kind: str) -> str:
+        """The human-readable line."""
+        if kind != "train":
+            return f"[{kind}] iteration {iteration}/{self.total} | " + " | ".join(
+                f"{k} {val:.4f}" if isinstance(val, float) else f"{k} {val}" for k, val in v.items())
+        parts = [
+            f"iteration {iteration}/{self.total}",
+            f"consumed samples {v['consumed_samples']}",
+            f"lr {v['lr']:.3e}",
+            f"loss {v['loss']:.4f}",
+            f"text loss {v['text_loss']:.4f}",
+            f"image loss {v['image_loss']:.4f}",
+            f"loss scale {v['loss_scale']:.1f}",
+            f"grad norm {v['grad_norm']:.3f}",
+            f"skipped {v['skipped_steps']}",
+            f"tokens/s {v['tokens_per_s']:.0f}",
+            f"ms/step {v['ms_per_step']:.1f}",
+            f"ETA {_fmt_eta(v['eta_s'])}",
+        ]
+        if "tflops" in v:
+            parts.append(f"TFLOPs {v['tflops']:.1f}")
+        if "mfu" in v:
+            parts.append(f"MFU {100 * v['mfu']:.1f}%")
+        return " | ".join(parts)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
