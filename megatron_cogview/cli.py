@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 # subcommands whose parser sets `func=callable(args) -> int | None`.
 COMMAND_MODULES: tuple[str, ...] = (
     "megatron_cogview.commands.info",
+    "megatron_cogview.commands.train",
     "tokenization.cli",
     "data_utils.cli",
 )

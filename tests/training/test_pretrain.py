@@ -144,3 +144,33 @@ def test_deepspeed_json_and_flags_follow_one_rule(data: str, tmp_path: Path) -> 
     assert "micro_batch_size=4 (from the DeepSpeed config" in proc.stdout
     assert "clip_grad=0.5 (from the DeepSpeed config" in proc.stdout
     assert metrics(tmp_path / "j2")[-1]["consumed_samples"] == 2 * 4
+
+
+@pytest.mark.slow
+def test_single_node_script_runs_tp2_on_cpu(data: str, tmp_path: Path) -> None:
+    import sys
+
+    e = {**env(), "DATA": data, "SAVE": str(tmp_path / "s"), "PRESET": "tiny", "ITERS": "3", "NPROC": "2", "TP": "2",
+         "PYTHON": sys.executable, "EXTRA": "--log-interval 1"}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "pretrain_single_node.sh")], env=e, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "micro_batch_size=16 (from the DeepSpeed config" in proc.stdout
+    assert read_latest(tmp_path / "s") == 3
+
+
+@pytest.mark.parametrize("name", ["cogview_fp16_zero1.json", "bf16_zero1.json", "cpu_fp32.json"])
+def test_shipped_deepspeed_configs_merge(name: str) -> None:
+    import json
+
+    from megatron_cogview.config import TrainConfig
+    from megatron_cogview.training.engine import build_ds_config, merge_ds_config
+
+    user = json.loads((ROOT / "scripts" / "ds_configs" / name).read_text())
+    merged = merge_ds_config(TrainConfig(), user, explicit=set())
+    ds = build_ds_config(merged.train, user)
+    assert ds["train_micro_batch_size_per_gpu"] == user["train_micro_batch_size_per_gpu"]
+    if name.startswith("cogview"):
+        t = merged.train
+        assert (t.precision, t.zero_stage, t.clip_grad, t.adam_beta2, t.weight_decay) == ("fp16", 1, 0.1, 0.95, 0.04)
+        assert ds["fp16"]["loss_scale_window"] == 400 and ds["fp16"]["hysteresis"] == 2
