@@ -8,6 +8,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -89,8 +90,15 @@ class _TokenStreamDataset(IterableDataset):
     def _emit(self, samples: list, layout: TokenLayout, logical: int, stream: WorkerStream) -> dict[str, Any]:
         """Collate and tag a batch with the worker state reached after it."""
         out = collate(samples, layout, self.config.txt_loss_scale)
+        if get_worker_info() is not None:  # numpy arrays cross the pipe in one message; tensors would each
+            out = {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}  # need a shared fd
         out["_worker"], out["_state"] = logical, stream.state.to_dict()
         return out
+
+
+def _as_is(batch: dict[str, Any]) -> dict[str, Any]:
+    """DataLoader collate_fn: batches arrive collated (numpy from workers; turned into tensors by the loader)."""
+    return batch
 
 
 class StreamingLoader:
@@ -164,13 +172,14 @@ class StreamingLoader:
         dataset = _TokenStreamDataset(self.spec, self.layout.to_dict(), self.config, list(self._states), self._next)
         workers = self.config.num_workers
         loader = DataLoader(
-            dataset, batch_size=None, num_workers=workers, timeout=self.config.timeout,
+            dataset, batch_size=None, collate_fn=_as_is, num_workers=workers, timeout=self.config.timeout,
             prefetch_factor=self.config.prefetch_factor if workers else None,
             multiprocessing_context=self.config.multiprocessing_context if workers else None,
         )
         batches = iter(loader)
         try:
             for batch in batches:
+                batch = {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v) for k, v in batch.items()}
                 worker = int(batch.pop("_worker"))
                 self._states[worker] = batch.pop("_state")
                 self._next = (worker + 1) % self.spec.num_workers

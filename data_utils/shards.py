@@ -32,9 +32,36 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+_NPY_MAGIC = b"\x93NUMPY\x01\x00"
+_npy_headers: dict[bytes, tuple[np.dtype, tuple[int, ...], int]] = {}  # header bytes -> (dtype, shape, items)
+
+
 def _npy_load(data: bytes) -> np.ndarray:
     """An array from .npy bytes (no pickles)."""
+    # Shards repeat one header (dtype, shape) in every sample: parse it once, then read the bytes in place.
+    if data[:8] == _NPY_MAGIC and len(data) >= 10:
+        end = 10 + int.from_bytes(data[8:10], "little")
+        parsed = _npy_headers.get(data[:end])
+        if parsed is None and len(_npy_headers) < 64:
+            parsed = _parse_npy_header(data[:end])
+        if parsed is not None and len(data) >= end + parsed[2] * parsed[0].itemsize:
+            return np.frombuffer(data, parsed[0], parsed[2], end).reshape(parsed[1])
     return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def _parse_npy_header(header: bytes) -> tuple[np.dtype, tuple[int, ...], int] | None:
+    """(dtype, shape, items) of a version 1.0 .npy header of a plain C-order array, cached; None otherwise."""
+    try:
+        stream = io.BytesIO(header)
+        np.lib.format.read_magic(stream)
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+    except ValueError:
+        return None
+    if fortran or dtype.hasobject or stream.tell() != len(header):
+        return None
+    parsed = (dtype, tuple(shape), int(np.prod(shape, dtype=np.int64)))
+    _npy_headers[header] = parsed
+    return parsed
 
 
 def encode_sample(

@@ -1,0 +1,60 @@
+"""GenerationConfig: sampling and batching settings of every generation task, validated on creation."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from megatron_cogview.config import ConfigError
+
+
+class GenerationError(ConfigError):
+    """A generation request the model cannot serve (bad setting, prompt too long, ids outside the vocab)."""
+
+
+def require(ok: bool, message: str) -> None:
+    """Raise GenerationError(message) unless ok."""
+    if not ok:
+        raise GenerationError(message)
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How tokens are drawn and batched (shared by text-to-image, captioning and post-selection)."""
+
+    temperature: float = 1.0
+    """Divide logits by this before sampling; 0 means greedy (always the most likely token)."""
+    top_k: int = 0
+    """Keep only the k most likely tokens of each row (0 = off; CogView's scripts used 200)."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of most likely tokens whose probability reaches p (1 = off)."""
+    seed: int = 1234
+    """Base seed; each sample draws from its own generator, so a sample does not depend on its batch."""
+    max_inference_batch_size: int = 16
+    """Most sequences per forward pass; bigger batches are split into chunks of this size."""
+
+    def __post_init__(self) -> None:
+        require(self.temperature >= 0.0, f"temperature={self.temperature} must be >= 0 (0 means greedy)")
+        require(
+            isinstance(self.top_k, int) and self.top_k >= 0,
+            f"top_k={self.top_k!r} must be an integer >= 0 (0 turns top-k off)",
+        )
+        require(0.0 < self.top_p <= 1.0, f"top_p={self.top_p} must be in (0, 1] (1 turns top-p off)")
+        require(isinstance(self.seed, int) and self.seed >= 0, f"seed={self.seed!r} must be an integer >= 0")
+        require(
+            isinstance(self.max_inference_batch_size, int) and self.max_inference_batch_size >= 1,
+            f"max_inference_batch_size={self.max_inference_batch_size!r} must be an integer >= 1",
+        )
+
+    @property
+    def greedy(self) -> bool:
+        """True when tokens are chosen by argmax instead of sampled."""
+        return self.temperature == 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (for JSONL records)."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "GenerationConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
