@@ -11,6 +11,9 @@ from typing import Callable, Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "megatron_cogview.commands.info",
     "megatron_cogview.commands.train",
+    "megatron_cogview.commands.demo",
+    "megatron_cogview.commands.generate",
+    "megatron_cogview.commands.convert",
     "tokenization.cli",
     "data_utils.cli",
 )

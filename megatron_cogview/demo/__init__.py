@@ -1,0 +1,1 @@
+"""The end-to-end laptop demo (`cogview demo`): entry layer, may use every package."""

@@ -1,0 +1,173 @@
+"""The laptop demo, stage by stage: synthetic data -> tokenizers -> shards -> CogView + caption model ->
+images for held-out captions -> attribute-checker scores -> report/. Completed stages are skipped on re-runs."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Sizes of every stage (the defaults are the full ~15-minute CPU demo; see FAST for the smoke run)."""
+
+    seed: int = 0
+    num_images: int = 30000
+    image_size: int = 32
+    text_vocab: int = 96
+    vq_steps: int = 1200
+    vq_hidden: int = 48
+    vq_codes: int = 256
+    vq_code_dim: int = 32
+    vq_downsample: int = 4  # 32 px -> 8x8 codes
+    vq_batch: int = 64
+    gpt_iters: int = 900
+    caption_iters: int = 500
+    batch_size: int = 64
+    lr: float = 2e-3
+    prompts_seen: int = 10  # training captions also sampled, for comparison
+    samples_per_prompt: int = 8
+    temperature: float = 0.9
+    top_k: int = 20
+
+
+FAST = DemoSettings(num_images=3000, vq_steps=150, gpt_iters=120, caption_iters=60, prompts_seen=2,
+                    samples_per_prompt=4)
+
+
+def _fingerprint(settings: DemoSettings, stage: str) -> str:
+    return hashlib.sha256(json.dumps([stage, dataclasses.asdict(settings)]).encode()).hexdigest()[:16]
+
+
+class Stages:
+    """Runs named stages once: a stage whose marker matches the settings is skipped."""
+
+    def __init__(self, out: Path, settings: DemoSettings, log: Log, total: int) -> None:
+        self.out, self.settings, self.log, self.total = out, settings, log, total
+        self.marks = out / "stages"
+        self.marks.mkdir(parents=True, exist_ok=True)
+        self.index = 0
+        self.times: dict[str, float] = {}
+
+    def run(self, name: str, fn: Callable[[], Any]) -> None:
+        self.index += 1
+        mark = self.marks / f"{name}.json"
+        fp = _fingerprint(self.settings, name)
+        if mark.is_file() and json.loads(mark.read_text()).get("fingerprint") == fp:
+            self.log(f"[{self.index}/{self.total}] {name}: done before, skipped")
+            return
+        self.log(f"[{self.index}/{self.total}] {name} ...")
+        start = time.perf_counter()
+        fn()
+        self.times[name] = time.perf_counter() - start
+        mark.write_text(json.dumps({"fingerprint": fp, "seconds": round(self.times[name], 1)}))
+        self.log(f"[{self.index}/{self.total}] {name}: {self.times[name]:.0f} s")
+
+
+def _pretrain(args: list[str], log_file: Path, log: Log) -> None:
+    """Run pretrain_gpt2 in a child process; our log lines are shown, DeepSpeed's chatter goes to log_file."""
+    code = "import sys; from megatron_cogview.commands.pretrain import main; sys.exit(main(sys.argv[1:]))"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("w", encoding="utf-8") as f, subprocess.Popen(
+        [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "2"},
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            f.write(line)
+            if line.startswith(("iteration", "done", "resumed", "pretrain_gpt2.py")):
+                log("    " + line.rstrip())
+    if proc.returncode != 0:
+        raise RuntimeError(f"training failed (exit {proc.returncode}); see {log_file}")
+
+
+def _text_budget(sp_model: str, captions: list[str]) -> int:
+    from tokenization.text import TextTokenizer
+
+    tok = TextTokenizer(sp_model)
+    return max(len(tok.encode(c)) for c in captions)
+
+
+def run_demo(out: str | Path, settings: DemoSettings, log: Log = print) -> dict[str, Any]:
+    """Run (or continue) the whole demo into `out`; returns the metrics written to report/metrics.json."""
+    from megatron_cogview.demo.evaluate import evaluate
+    from megatron_cogview.demo.report import write_report
+
+    out = Path(out).resolve()
+    s = settings
+    st = Stages(out, s, log, total=8)
+    synth, tok, shards, ckpt = out / "data" / "synth", out / "tokenizers", out / "data" / "shards", out / "checkpoints"
+    sp_prefix, vq_dir = tok / "text", tok / "vqvae"
+
+    def do_synth() -> None:
+        from data_utils.synth import write_synth
+
+        summary = write_synth(str(synth), s.num_images, s.image_size, s.seed)
+        log(f"    {summary.num_train} training images, {summary.num_heldout} of held-out combinations "
+            f"({len(summary.heldout)} colour/shape/position combinations never captioned in training)")
+
+    def do_text() -> None:
+        from tokenization.text import train_text_tokenizer
+
+        tok.mkdir(parents=True, exist_ok=True)
+        train_text_tokenizer([str(synth / "captions.jsonl")], sp_prefix, s.text_vocab, caption_column="caption",
+                             seed=s.seed)
+
+    def do_vqvae() -> None:
+        from tokenization.vqvae.config import VQVAEConfig
+        from tokenization.vqvae.train import TrainOptions, train_vqvae
+
+        cfg = VQVAEConfig(image_size=s.image_size, downsample=s.vq_downsample, codebook_size=s.vq_codes,
+                          code_dim=s.vq_code_dim, hidden_channels=s.vq_hidden, res_channels=s.vq_hidden // 2,
+                          num_res_blocks=1)
+        # The tokenizer is unsupervised: it sees images of every combination (held-out ones included).
+        opts = TrainOptions(data=[str(synth / "images")], out=vq_dir, steps=s.vq_steps, batch_size=s.vq_batch,
+                            lr=2e-3, warmup_steps=min(100, s.vq_steps // 10), workers=0, save_every=10**9,
+                            log_every=max(1, s.vq_steps // 6), seed=s.seed, resume=(vq_dir / "checkpoint.pt").exists())
+        train_vqvae(cfg, opts, log=lambda m: log("    " + m))
+
+    def seq_len() -> int:
+        caps = [json.loads(x)["caption"] for x in (synth / "captions.jsonl").read_text().splitlines()]
+        caps += [json.loads(x)["caption"] for x in (synth / "heldout.jsonl").read_text().splitlines()]
+        grid = (s.image_size // s.vq_downsample) ** 2
+        return 1 + _text_budget(str(sp_prefix) + ".model", caps) + 2 + grid + 1 + 1
+
+    def do_shards() -> None:
+        from data_utils.preprocess import PreprocessConfig, preprocess
+
+        for task in ("text2image", "image2text"):
+            preprocess(PreprocessConfig(inputs=(str(synth / "captions.jsonl"),), text_tokenizer=str(sp_prefix) + ".model",
+                                        image_tokenizer=str(vq_dir), out=str(shards / task), seq_len=seq_len(),
+                                        task=task, samples_per_shard=2000, batch_size=256),
+                       log=lambda m: log("    " + m))
+
+    def train_args(task: str, iters: int) -> list[str]:
+        return ["--preset", "demo", "--max-position-embeddings", str(seq_len() - 1),
+                "--train-data", str(shards / task), "--train-iters", str(iters), "--micro-batch-size",
+                str(s.batch_size), "--lr", str(s.lr), "--warmup", "0.05", "--seed", str(s.seed),
+                "--log-interval", str(max(1, iters // 10)), "--save", str(ckpt / task), "--load", str(ckpt / task),
+                "--save-interval", str(max(1, iters // 3)), "--text-tokenizer", str(sp_prefix) + ".model",
+                "--image-tokenizer", str(vq_dir)]
+
+    st.run("synthetic dataset", do_synth)
+    st.run("text tokenizer (SentencePiece)", do_text)
+    st.run("image tokenizer (VQ-VAE)", do_vqvae)
+    st.run("token shards", do_shards)
+    st.run("pretrain CogView (DeepSpeed)", lambda: _pretrain(train_args("text2image", s.gpt_iters),
+                                                              out / "logs" / "pretrain.log", log))
+    st.run("caption model for post-selection", lambda: _pretrain(train_args("image2text", s.caption_iters),
+                                                                  out / "logs" / "caption.log", log))
+    st.run("generate + score", lambda: evaluate(out, s, log))
+    metrics: dict[str, Any] = {}
+    st.run("report", lambda: metrics.update(write_report(out, s, st.times)))
+    if not metrics:
+        metrics = json.loads((out / "report" / "metrics.json").read_text())
+    return metrics
