@@ -251,6 +251,8 @@ class TrainConfig:
     """Checkpoints to keep (older ones are deleted after a newer one is complete)."""
     load: str = ""
     """Resume from the latest checkpoint in this directory ('' starts fresh)."""
+    finetune_from: str = ""
+    """Start from this checkpoint's weights only (new optimizer, iteration 0); ignored when --load resumes."""
     exit_interval: int = 0
     """Save and exit 0 once the iteration is a multiple of this (0: run to train_iters); for job time limits."""
     max_consecutive_skips: int = 10

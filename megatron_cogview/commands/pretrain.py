@@ -5,7 +5,7 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -102,8 +102,32 @@ def _loaders(args: Args, state: ParallelState, train: TrainConfig, manifest: Man
     return source, valid, valid is not None
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Parse, build and train; returns the exit status."""
+SourceTransform = Callable[[Any, TokenLayout], Any]
+
+
+def _finetune_weights(model: CogViewModel, train: TrainConfig, state: ParallelState, logger: TrainLogger) -> None:
+    """Load another checkpoint's weights (same shape and tp) before the engine exists: works for every ZeRO stage."""
+    if not train.finetune_from or (train.load and has_checkpoint(train.load)):
+        return
+    from megatron_cogview.checkpoint.layout import model_states_file
+    from megatron_cogview.checkpoint.load import load_states
+
+    it, meta = read_meta(train.finetune_from)
+    if meta.tensor_parallel_size != state.tp_size:
+        raise CheckpointError(f"--finetune-from {train.finetune_from!r} has tensor-parallel size "
+                              f"{meta.tensor_parallel_size}, this run {state.tp_size}; convert it with cogview convert "
+                              f"--target-tp {state.tp_size}")
+    states = load_states(model_states_file(train.finetune_from, it, state.tp_rank))
+    try:
+        model.load_state_dict(states.get("module", states))
+    except RuntimeError as e:
+        raise CheckpointError(f"--finetune-from {train.finetune_from!r} does not fit this model: "
+                              f"{str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from None
+    logger.info(f"fine-tuning from the weights of {train.finetune_from} (iteration {it})")
+
+
+def run(argv: Sequence[str] | None = None, source_transform: SourceTransform | None = None) -> int:
+    """Parse, build and train; returns the exit status. `source_transform(loader, layout)` may rewrite batches."""
     args = parse_args(argv)
     init_distributed(args.parallel.backend)
     state = ParallelState.build(args.parallel.tensor_parallel_size)
@@ -131,8 +155,12 @@ def run(argv: Sequence[str] | None = None) -> int:
                 f"{model_cfg.num_layers} layers x {model_cfg.hidden_size}, vocab "
                 f"{model_cfg.vocab_size}; global batch {per_step}; precision {train.precision}; ZeRO {train.zero_stage}")
     source, valid, has_valid = _loaders(args, state, train, manifest)
+    if source_transform is not None:
+        source = source_transform(source, layout) if source is not None else None
+        valid = source_transform(valid, layout) if valid is not None else None
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
     model = CogViewModel(model_cfg, state, device=device)
+    _finetune_weights(model, train, state, logger)
     engine, _ = create_engine(model, state, train, build_ds_config(train, user_ds))
     meta = CheckpointMeta(model=model_cfg.to_dict(), tensor_parallel_size=state.tp_size, tokenizers=rec)
     trainer = Trainer(engine=engine, model=model, state=state, train=train, meta=meta, source=source,
@@ -144,10 +172,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, source_transform: SourceTransform | None = None) -> int:
     """Run, turning user errors into one line and exit status 2."""
     try:
-        return run(argv)
+        return run(argv, source_transform)
     except USER_ERRORS + (CheckpointError,) as e:
         rank = os.environ.get("RANK", "0")
         prefix = "pretrain_gpt2.py" + (f" [rank {rank}]" if os.environ.get("WORLD_SIZE", "1") != "1" else "")

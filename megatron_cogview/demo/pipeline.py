@@ -68,13 +68,13 @@ class Stages:
         start = time.perf_counter()
         fn()
         self.times[name] = time.perf_counter() - start
-        mark.write_text(json.dumps({"fingerprint": fp, "seconds": round(self.times[name], 1)}))
+        mark.write_text(json.dumps({"fingerprint": fp, "seconds": round(self.times[name], 1), "index": self.index}))
         self.log(f"[{self.index}/{self.total}] {name}: {self.times[name]:.0f} s")
 
 
-def _pretrain(args: list[str], log_file: Path, log: Log) -> None:
-    """Run pretrain_gpt2 in a child process; our log lines are shown, DeepSpeed's chatter goes to log_file."""
-    code = "import sys; from megatron_cogview.commands.pretrain import main; sys.exit(main(sys.argv[1:]))"
+def _pretrain(args: list[str], log_file: Path, log: Log, module: str = "megatron_cogview.commands.pretrain") -> None:
+    """Run a training entry in a child process; our log lines are shown, DeepSpeed's chatter goes to log_file."""
+    code = f"import sys; from {module} import main; sys.exit(main(sys.argv[1:]))"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("w", encoding="utf-8") as f, subprocess.Popen(
         [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -143,7 +143,7 @@ def run_demo(out: str | Path, settings: DemoSettings, log: Log = print) -> dict[
     def do_shards() -> None:
         from data_utils.preprocess import PreprocessConfig, preprocess
 
-        for task in ("text2image", "image2text"):
+        for task in ("text2image",):  # the caption model reorders these same shards on the fly
             preprocess(PreprocessConfig(inputs=(str(synth / "captions.jsonl"),), text_tokenizer=str(sp_prefix) + ".model",
                                         image_tokenizer=str(vq_dir), out=str(shards / task), seq_len=seq_len(),
                                         task=task, samples_per_shard=2000, batch_size=256),
@@ -151,7 +151,7 @@ def run_demo(out: str | Path, settings: DemoSettings, log: Log = print) -> dict[
 
     def train_args(task: str, iters: int) -> list[str]:
         return ["--preset", "demo", "--max-position-embeddings", str(seq_len() - 1),
-                "--train-data", str(shards / task), "--train-iters", str(iters), "--micro-batch-size",
+                "--train-data", str(shards / "text2image"), "--train-iters", str(iters), "--micro-batch-size",
                 str(s.batch_size), "--lr", str(s.lr), "--warmup", "0.05", "--seed", str(s.seed),
                 "--log-interval", str(max(1, iters // 10)), "--save", str(ckpt / task), "--load", str(ckpt / task),
                 "--save-interval", str(max(1, iters // 3)), "--text-tokenizer", str(sp_prefix) + ".model",
@@ -163,8 +163,9 @@ def run_demo(out: str | Path, settings: DemoSettings, log: Log = print) -> dict[
     st.run("token shards", do_shards)
     st.run("pretrain CogView (DeepSpeed)", lambda: _pretrain(train_args("text2image", s.gpt_iters),
                                                               out / "logs" / "pretrain.log", log))
-    st.run("caption model for post-selection", lambda: _pretrain(train_args("image2text", s.caption_iters),
-                                                                  out / "logs" / "caption.log", log))
+    st.run("caption model for post-selection", lambda: _pretrain(
+        train_args("image2text", s.caption_iters) + ["--finetune-from", str(ckpt / "text2image")],
+        out / "logs" / "caption.log", log, module="finetune.caption_model"))
     st.run("generate + score", lambda: evaluate(out, s, log))
     metrics: dict[str, Any] = {}
     st.run("report", lambda: metrics.update(write_report(out, s, st.times)))

@@ -11,10 +11,8 @@ from PIL import Image, ImageDraw
 
 
 def _stage_seconds(out: Path) -> dict[str, float]:
-    times = {}
-    for mark in sorted((out / "stages").glob("*.json")):
-        times[mark.stem] = json.loads(mark.read_text()).get("seconds", 0.0)
-    return times
+    marks = [(json.loads(m.read_text()), m.stem) for m in (out / "stages").glob("*.json")]
+    return {name: data.get("seconds", 0.0) for data, name in sorted(marks, key=lambda x: x[0].get("index", 0))}
 
 
 def _overview(out: Path, scores: dict[str, Any], target: Path) -> None:
