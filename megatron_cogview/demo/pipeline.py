@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -23,14 +24,14 @@ class DemoSettings:
     num_images: int = 30000
     image_size: int = 32
     text_vocab: int = 96
-    vq_steps: int = 1200
-    vq_hidden: int = 48
+    vq_steps: int = 3500
+    vq_hidden: int = 64
     vq_codes: int = 256
     vq_code_dim: int = 32
     vq_downsample: int = 4  # 32 px -> 8x8 codes
     vq_batch: int = 64
-    gpt_iters: int = 900
-    caption_iters: int = 500
+    gpt_iters: int = 2000
+    caption_iters: int = 600  # fine-tuned from the text-to-image model
     batch_size: int = 64
     lr: float = 2e-3
     prompts_seen: int = 10  # training captions also sampled, for comparison
@@ -39,16 +40,33 @@ class DemoSettings:
     top_k: int = 20
 
 
-FAST = DemoSettings(num_images=3000, vq_steps=150, gpt_iters=120, caption_iters=60, prompts_seen=2,
+FAST = DemoSettings(num_images=3000, vq_steps=150, vq_hidden=32, gpt_iters=120, caption_iters=60, prompts_seen=2,
                     samples_per_prompt=4)
 
 
-def _fingerprint(settings: DemoSettings, stage: str) -> str:
-    return hashlib.sha256(json.dumps([stage, dataclasses.asdict(settings)]).encode()).hexdigest()[:16]
+# The settings each stage reads; a stage's fingerprint also covers every earlier stage's settings, so a
+# change re-runs that stage and what follows it, and nothing before it.
+STAGE_FIELDS: tuple[tuple[str, ...], ...] = (
+    ("seed", "num_images", "image_size"),
+    ("text_vocab",),
+    ("vq_steps", "vq_hidden", "vq_codes", "vq_code_dim", "vq_downsample", "vq_batch"),
+    (),
+    ("gpt_iters", "batch_size", "lr"),
+    ("caption_iters",),
+    ("prompts_seen", "samples_per_prompt", "temperature", "top_k"),
+    (),
+)
+
+
+def _fingerprint(settings: DemoSettings, index: int) -> str:
+    fields = [f for group in STAGE_FIELDS[:index] for f in group]
+    values = {f: getattr(settings, f) for f in fields}
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class Stages:
-    """Runs named stages once: a stage whose marker matches the settings is skipped."""
+    """Runs stages in order, once: a stage whose marker matches its settings is skipped; a stage that must
+    run again first deletes its old outputs (so e.g. a longer pre-training starts fresh, not resumed)."""
 
     def __init__(self, out: Path, settings: DemoSettings, log: Log, total: int) -> None:
         self.out, self.settings, self.log, self.total = out, settings, log, total
@@ -57,13 +75,15 @@ class Stages:
         self.index = 0
         self.times: dict[str, float] = {}
 
-    def run(self, name: str, fn: Callable[[], Any]) -> None:
+    def run(self, name: str, fn: Callable[[], Any], outputs: tuple[Path, ...] = ()) -> None:
         self.index += 1
         mark = self.marks / f"{name}.json"
-        fp = _fingerprint(self.settings, name)
+        fp = _fingerprint(self.settings, self.index)
         if mark.is_file() and json.loads(mark.read_text()).get("fingerprint") == fp:
             self.log(f"[{self.index}/{self.total}] {name}: done before, skipped")
             return
+        for path in outputs:
+            shutil.rmtree(path, ignore_errors=True)
         self.log(f"[{self.index}/{self.total}] {name} ...")
         start = time.perf_counter()
         fn()
@@ -157,16 +177,17 @@ def run_demo(out: str | Path, settings: DemoSettings, log: Log = print) -> dict[
                 "--save-interval", str(max(1, iters // 3)), "--text-tokenizer", str(sp_prefix) + ".model",
                 "--image-tokenizer", str(vq_dir)]
 
-    st.run("synthetic dataset", do_synth)
-    st.run("text tokenizer (SentencePiece)", do_text)
-    st.run("image tokenizer (VQ-VAE)", do_vqvae)
-    st.run("token shards", do_shards)
+    st.run("synthetic dataset", do_synth, (synth,))
+    st.run("text tokenizer (SentencePiece)", do_text, (tok,))
+    st.run("image tokenizer (VQ-VAE)", do_vqvae, (vq_dir,))
+    st.run("token shards", do_shards, (shards,))
     st.run("pretrain CogView (DeepSpeed)", lambda: _pretrain(train_args("text2image", s.gpt_iters),
-                                                              out / "logs" / "pretrain.log", log))
+                                                              out / "logs" / "pretrain.log", log),
+           (ckpt / "text2image",))
     st.run("caption model for post-selection", lambda: _pretrain(
         train_args("image2text", s.caption_iters) + ["--finetune-from", str(ckpt / "text2image")],
-        out / "logs" / "caption.log", log, module="finetune.caption_model"))
-    st.run("generate + score", lambda: evaluate(out, s, log))
+        out / "logs" / "caption.log", log, module="finetune.caption_model"), (ckpt / "image2text",))
+    st.run("generate + score", lambda: evaluate(out, s, log), (out / "samples",))
     metrics: dict[str, Any] = {}
     st.run("report", lambda: metrics.update(write_report(out, s, st.times)))
     if not metrics:

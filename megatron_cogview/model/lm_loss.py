@@ -95,4 +95,12 @@ def fused_lm_loss(
         )
     chunk = max(1, chunk_elements // weight.size(0))
     with_grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        # Cast once here instead of per chunk and per matmul (autocast would re-cast the [V/tp, h]
+        # weight three times per chunk); the Function then runs with autocast off.
+        dtype = torch.get_autocast_dtype(device_type)
+        with torch.autocast(device_type, enabled=False):
+            return _FusedLMLoss.apply(hidden.to(dtype), weight.to(dtype), labels, loss_weights.float(), group, chunk,
+                                      with_grads)
     return _FusedLMLoss.apply(hidden, weight, labels, loss_weights.float(), group, chunk, with_grads)

@@ -72,6 +72,14 @@ def test_tensor_parallel_losses_equal_serial(data: str, tmp_path: Path) -> None:
     proc = train(base_args(data, str(tmp_path / "tp1b"), 16, "--load", str(tmp_path / "tp2")), check=False)
     assert proc.returncode == 2
     assert "cogview convert" in proc.stderr and "Traceback" not in proc.stderr
+    # the tp=2 DeepSpeed checkpoint converted to tp=1 continues like the tp=1 run's own checkpoint
+    from megatron_cogview.cli import main as cli
+
+    assert cli(["convert", "--load", str(tmp_path / "tp2"), "--save", str(tmp_path / "tp2to1"), "--target-tp", "1"]) == 0
+    for src, dst in (("tp1", "ft_a"), ("tp2to1", "ft_b")):
+        train(base_args(data, str(tmp_path / dst), 2, "--finetune-from", str(tmp_path / src)))
+    a, b = losses(tmp_path / "ft_a"), losses(tmp_path / "ft_b")
+    assert math.isclose(a[1], b[1], rel_tol=2e-4) and a[1] < ref[1], (a, b)
 
 
 def test_kill_9_then_relaunch_finishes(data: str, tmp_path: Path) -> None:
