@@ -8,7 +8,7 @@ from torch import nn
 
 from megatron_cogview.config import ConfigError, ModelConfig
 from megatron_cogview.model.attention import KVCache
-from megatron_cogview.model.lm_loss import fused_lm_loss
+from megatron_cogview.model.lm_loss import DEFAULT_CHUNK_ELEMENTS, fused_lm_loss
 from megatron_cogview.model.transformer import Build, Transformer
 from megatron_cogview.parallel.layers import VocabParallelEmbedding
 from megatron_cogview.parallel.mappings import copy_to_region, gather_from_region
@@ -54,6 +54,7 @@ class CogViewModel(nn.Module):
         rng_device = torch.device("cpu") if device is None or meta else torch.device(device)
         self.rng = RNGTracker.for_model(config.seed, state, rng_device)
         self.validate_inputs = True
+        self.loss_chunk_elements = DEFAULT_CHUNK_ELEMENTS  # logits elements per chunk of the fused loss
 
     # ---- core --------------------------------------------------------------------------------
     def _check(self, tokens: torch.Tensor, position_ids: torch.Tensor) -> None:
@@ -125,7 +126,8 @@ class CogViewModel(nn.Module):
         hidden = self.hidden_states(tokens, position_ids, mask)  # [b, s, h]
         h = copy_to_region(hidden.reshape(-1, hidden.size(-1)), self.state.tp_group)  # [b*s, h]
         total, per_token = fused_lm_loss(
-            h, self.word_embeddings.weight, labels.reshape(-1), loss_weights.reshape(-1), self.state.tp_group
+            h, self.word_embeddings.weight, labels.reshape(-1), loss_weights.reshape(-1), self.state.tp_group,
+            self.loss_chunk_elements,
         )
         return LMLoss(total=total, per_token=per_token.view(labels.shape))
 

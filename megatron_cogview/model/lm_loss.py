@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from megatron_cogview.parallel.mappings import Group, group_rank, group_size
 
-DEFAULT_CHUNK_ELEMENTS = 1 << 23  # logits elements per chunk (32 MiB in fp32)
+DEFAULT_CHUNK_ELEMENTS = 1 << 26  # logits elements per chunk (256 MiB in fp32; still no [tokens, vocab] tensor kept)
 
 
 def _all_reduce(x: torch.Tensor, group: Group, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> None:
@@ -57,13 +57,17 @@ class _FusedLMLoss(torch.autograd.Function):
             _all_reduce(sum_exp, group)
             losses[i : i + chunk] = torch.log(sum_exp) - predicted
             if with_grads:
-                # d(w * CE)/d logits = w * (softmax - onehot(y)), on this rank's vocab slice.
-                probs.div_(sum_exp.unsqueeze(-1))
-                probs.scatter_add_(-1, local_y.unsqueeze(-1), -(~outside).to(probs.dtype).unsqueeze(-1))
-                probs.mul_(loss_weights[i : i + chunk].unsqueeze(-1))
+                # d(w * CE)/d logits = w * softmax - w * onehot(y), on this rank's vocab slice: one pass
+                # scales exp(logits) by w / sum_exp, then -w lands on the target column.
+                w = loss_weights[i : i + chunk]
+                probs.mul_((w / sum_exp).unsqueeze(-1))
+                probs.scatter_add_(-1, local_y.unsqueeze(-1), -(w * (~outside).to(w.dtype)).unsqueeze(-1))
                 d = probs.to(weight.dtype)
                 grad_hidden[i : i + chunk] = torch.matmul(d, weight)  # [c, h]; summed over tp by copy_to_region
-                grad_weight.add_(torch.matmul(d.t(), h).float())  # [V/tp, h]
+                if d.dtype == torch.float32:
+                    grad_weight.addmm_(d.t(), h)  # [V/tp, h], accumulated in place
+                else:
+                    grad_weight.add_(torch.matmul(d.t(), h).float())
         total = (losses * loss_weights).sum()
         ctx.mark_non_differentiable(losses)
         if with_grads:

@@ -33,6 +33,16 @@ class LayerNorm(nn.Module):
         if self.pb_relax:
             row_max = x.detach().abs().amax(dim=-1, keepdim=True)  # [b, s, 1]
             x = x * (self.target_max / row_max.clamp_min(1e-6))
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            # Mixed precision: autocast would run LayerNorm in fp32 and hand the next matmul an fp32 tensor to
+            # cast back. Sandwich-LN has four LayerNorms per layer, so instead normalise half-precision inputs
+            # in place (the kernel accumulates in fp32) and return the autocast dtype directly.
+            dtype = torch.get_autocast_dtype(device)
+            with torch.autocast(device, enabled=False):
+                if x.dtype == dtype:
+                    return F.layer_norm(x, (x.size(-1),), self.weight.to(dtype), self.bias.to(dtype), self.eps)
+                return F.layer_norm(x, (x.size(-1),), self.weight, self.bias, self.eps).to(dtype)
         return F.layer_norm(x, (x.size(-1),), self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
