@@ -259,8 +259,6 @@ class TrainConfig:
     """Abort after this many consecutive steps skipped for a non-finite loss."""
     tensorboard_dir: str = ""
     """Also write scalars to TensorBoard here (needs the [tensorboard] extra)."""
-    allow_cpu_fp16: bool = False
-    """Testing only: allow fp16 on DeepSpeed's CPU accelerator (to exercise the loss scaler)."""
 
     def __post_init__(self) -> None:
         for name in ("train_iters", "micro_batch_size", "gradient_accumulation_steps", "log_interval", "keep_last"):

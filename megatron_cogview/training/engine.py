@@ -179,7 +179,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 def check_precision(train: TrainConfig) -> None:
     """fp16 needs a GPU (DeepSpeed's CPU accelerator has no fp16 path for users)."""
-    if train.precision == "fp16" and not torch.cuda.is_available() and not train.allow_cpu_fp16:
+    if train.precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("fp16 needs a CUDA GPU; on CPU use --precision bf16 (or fp32)")
 
 
@@ -189,10 +189,6 @@ def create_engine(model: CogViewModel, state: ParallelState, train: TrainConfig,
     if train.zero_stage == 3 and state.tp_size > 1:
         raise ConfigError("ZeRO stage 3 is supported with tensor-parallel size 1 only; use --zero-stage 1 or 2 with tp > 1")
     deepspeed = _deepspeed()
-    if train.precision == "fp16" and train.allow_cpu_fp16:
-        from deepspeed.accelerator import get_accelerator
-
-        get_accelerator().is_fp16_supported = lambda: True  # tests of the loss-scaler path only
     fused = torch.cuda.is_available()
     optimizer = torch.optim.AdamW(
         param_groups(model, train.weight_decay), lr=train.lr, betas=(train.adam_beta1, train.adam_beta2),
@@ -215,8 +211,7 @@ def create_engine(model: CogViewModel, state: ParallelState, train: TrainConfig,
 
 def loss_scale(engine) -> float:  # type: ignore[no-untyped-def]
     """Current fp16 loss scale (1.0 when there is none)."""
-    try:
-        value = engine.loss_scale()
-    except (AttributeError, TypeError):
-        value = None
+    opt = getattr(engine, "optimizer", None)
+    config = getattr(opt, "loss_scale_config", None)  # DeepSpeed's fp16 optimizers keep the live scale here
+    value = getattr(config, "cur_scale", None) if config is not None else getattr(opt, "cur_scale", None)
     return float(value) if value else 1.0

@@ -41,3 +41,46 @@ def test_caption_model_finetunes_from_pretrained(tmp_path: Path) -> None:
     bad = base_args(data, str(tmp_path / "bad"), 2, "--finetune-from", str(tmp_path / "t2i"), "--hidden-size", "32")
     proc = train(bad, check=False)
     assert proc.returncode == 2 and "does not fit this model" in proc.stderr
+
+
+def _class_records(n: int, seed: int):
+    """Captions fully determined by the image: class k has text [k, k+16, k+32] and its own code pattern."""
+    from data_utils.writer import TokenRecord
+    from tests.training.data import GRID
+    from tokenization.templates import text_to_image
+
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        k = int(rng.integers(0, 16))
+        codes = (np.arange(GRID) * (k + 1) + 5 * k) % 64
+        seq = text_to_image(LAYOUT, [k, k + 16, k + 32], codes, SEQ_LEN)
+        yield TokenRecord(key=f"c{i:05d}", tokens=seq.tokens, position_ids=seq.position_ids)
+
+
+def test_post_selection_prefers_the_true_caption(tmp_path: Path) -> None:
+    """A trained caption model scores each image's own caption better (lower CapLoss) than other captions."""
+    import torch
+
+    from data_utils.writer import write_token_dataset
+    from megatron_cogview.checkpoint.load import load_model
+    from megatron_cogview.generation.post_selection import CaptionTemplate, caption_loss
+    from megatron_cogview.parallel import ParallelState
+
+    data = str(tmp_path / "data")
+    write_token_dataset(data, _class_records(256, 0), layout=LAYOUT, seq_len=SEQ_LEN, samples_per_shard=64)
+    args = base_args(data, str(tmp_path / "cap"), 150, "--log-interval", "50")
+    proc = subprocess.run([sys.executable, "-m", "finetune.caption_model", *args], env=env(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model, _ = load_model(tmp_path / "cap", ParallelState.single())
+    recs = list(_class_records(24, seed=99))
+    parts = [split_sequence(LAYOUT, r.tokens) for r in recs]
+    images = torch.tensor(np.stack([[p for p in ps if p.kind == "image"][0].ids for ps in parts]))
+    texts = [[p for p in ps if p.kind == "text"][0].ids.tolist() for ps in parts]
+    template = CaptionTemplate(*(LAYOUT.command(c) for c in ("BASE", "BOI1", "EOI1", "ROI1")))
+    true = caption_loss(model, images, texts, template)
+    shifted = texts[1:] + texts[:1]  # every image with the next sample's caption
+    differs = torch.tensor([a != b for a, b in zip(texts, shifted)])
+    wrong = caption_loss(model, images, shifted, template)
+    assert differs.sum() >= 16
+    assert bool((true[differs] < wrong[differs]).all()), (true, wrong)

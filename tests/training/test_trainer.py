@@ -130,3 +130,14 @@ def test_deepspeed_json_merge_rule() -> None:
     out = build_ds_config(t, ds)
     assert "optimizer" not in out and out["fp16"]["hysteresis"] == 2 and out["fp16"]["loss_scale_window"] == 400
     assert math.isclose(out["gradient_clipping"], 0.1)
+
+
+def test_loss_scale_reads_the_live_fp16_scale() -> None:
+    from types import SimpleNamespace
+
+    from megatron_cogview.training.engine import loss_scale
+
+    fp16 = SimpleNamespace(optimizer=SimpleNamespace(loss_scale_config=SimpleNamespace(cur_scale=32768.0)))
+    assert loss_scale(fp16) == 32768.0
+    assert loss_scale(SimpleNamespace(optimizer=SimpleNamespace(cur_scale=8.0))) == 8.0
+    assert loss_scale(SimpleNamespace(optimizer=object())) == 1.0  # fp32/bf16: no scaler
