@@ -61,13 +61,12 @@ class CogViewModel(nn.Module):
         c = self.config
         if tokens.dim() != 2:
             raise ModelInputError(f"tokens must be [batch, seq], got shape {tuple(tokens.shape)}")
-        lo, hi = int(tokens.min()), int(tokens.max())
+        lo, hi, top = torch.stack([tokens.min(), tokens.max(), position_ids.max()]).tolist()  # one host sync
         if lo < 0 or hi >= c.vocab_size:
             raise ModelInputError(
                 f"token ids span [{lo}, {hi}] but the vocabulary is [0, {c.vocab_size - 1}]; "
                 "check that the data was made with this model's token layout"
             )
-        top = int(position_ids.max())
         if top >= c.max_position_embeddings:
             raise ModelInputError(
                 f"position {top} is outside the position table of {c.max_position_embeddings} rows; "

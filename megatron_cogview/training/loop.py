@@ -74,8 +74,9 @@ class Window:
     start: float = field(default_factory=time.perf_counter)
 
     # sums: [weighted loss, weight, text CE, text count, image CE, image count]
-    def add(self, loss_sum: float, weight: float, text: tuple[float, float], image: tuple[float, float]) -> None:
-        self.sums += torch.tensor([loss_sum, weight, text[0], text[1], image[0], image[1]], dtype=torch.float64)
+    def add(self, values: torch.Tensor) -> None:
+        """Accumulate on the values' device: no host sync until the next log line."""
+        self.sums = self.sums.to(values.device) + values.double()
 
 
 def _device() -> torch.device:
@@ -155,8 +156,8 @@ class Trainer:
             text = batch["text_label_mask"] & (batch["loss_weights"] > 0)
             image = ~batch["text_label_mask"] & (batch["loss_weights"] > 0)
             ce = out.per_token
-            window.add(float(out.total.detach()), float(weight), (float(ce[text].sum()), float(text.sum())),
-                       (float(ce[image].sum()), float(image.sum())))
+            window.add(torch.stack([out.total.detach().float(), weight, (ce * text).sum(), text.sum().float(),
+                                    (ce * image).sum(), image.sum().float()]))
             window.tokens += batch["tokens"].numel() * self.state.dp_size
         self.progress.iteration += 1
         self.progress.consumed_samples += self.train.micro_batch_size * gas * self.state.dp_size
@@ -189,11 +190,10 @@ class Trainer:
 
     # ---- logging, validation, checkpoints ------------------------------------------------------
     def _log(self, window: Window) -> None:
-        sums = window.sums.clone()
+        sums = window.sums.to(self.device)
         if self.state.dp_size > 1:
-            sums = sums.to(self.device)
             dist.all_reduce(sums, group=self.state.dp_group)
-            sums = sums.cpu()
+        sums = sums.cpu()
         elapsed = time.perf_counter() - window.start
         ms = 1000 * elapsed / max(1, window.steps)
         values: dict[str, Any] = {
