@@ -46,43 +46,67 @@ def test_kernels_agree_in_fp32(kernel: str) -> None:
 
 def test_pb_relax_attention_survives_fp16_scores_beyond_65504() -> None:
     g = torch.Generator().manual_seed(1)
-    d = 64
-    q = torch.randn(1, 2, 16, d, generator=g) * 60
-    k = torch.randn(1, 2, 16, d, generator=g) * 60
+    d, alpha = 64, 32.0
+    q = torch.randn(1, 2, 16, d, generator=g) * 250
+    k = torch.randn(1, 2, 16, d, generator=g) * 250
     v = torch.randn(1, 2, 16, d, generator=g)
-    raw = (q @ k.transpose(-1, -2)).abs().max().item()
-    assert raw > 65504, "the test needs raw scores beyond the fp16 range"
+    scaled = (q.double() @ k.double().transpose(-1, -2)) / math.sqrt(d)
+    assert (scaled.abs() > 65504).float().mean() > 0.2, "the test needs Q K^T / sqrt(d) beyond the fp16 range"
     ref = reference_attention(q, k, v, causal_mask(16))
+    q16, k16, v16 = q.half(), k.half(), v.half()
     args = AttentionArgs(causal=True)
-    plain = attend("plain", q.half(), k.half(), v.half(), args)
+    plain = attend("plain", q16, k16, v16, args)
     assert not torch.isfinite(plain).all(), "plain fp16 attention was expected to overflow"
-    relaxed = attend("pb-relax", q.half(), k.half(), v.half(), args, alpha=32.0)
+    # PB-relax without the row-max subtraction: the 1/alpha scale alone does not help, since the
+    # scores are multiplied back by alpha before the softmax
+    s = (q16 * (1.0 / (alpha * math.sqrt(d)))) @ k16.transpose(-1, -2)
+    no_row_max = torch.softmax(s.masked_fill(~causal_mask(16), float("-inf")) * alpha, -1) @ v16
+    assert not torch.isfinite(no_row_max).all(), "PB-relax without the row max was expected to overflow"
+    relaxed = attend("pb-relax", q16, k16, v16, args, alpha=alpha)
     assert torch.isfinite(relaxed).all()
     # fp16 has 11 bits of mantissa; the softmax here is nearly one-hot, so outputs (|v| ~ 1) carry
-    # about 1e-3 relative error from the fp16 inputs and products: 2e-2 absolute is a safe bound.
+    # about 1e-3 error from the fp16 inputs and products (measured 1e-3): 2e-2 absolute is a safe bound.
     torch.testing.assert_close(relaxed.double(), ref, rtol=0, atol=2e-2)
 
 
-def test_pb_relax_layernorm_on_large_activations() -> None:
+def test_layernorm_in_fp16_on_large_activations() -> None:
+    # Values up to 6e4 square far beyond 65504. torch's LayerNorm kernels accumulate half inputs in
+    # fp32, so the plain LayerNorm stays finite too; PB-relax (rescale first) must do no worse.
     g = torch.Generator().manual_seed(2)
-    x = torch.randn(4, 7, 256, generator=g) * 2e4  # values up to ~8e4 are clipped to fp16 range below
-    x16 = x.clamp(-6e4, 6e4).half()
+    x16 = (torch.randn(4, 7, 256, generator=g) * 2e4).clamp(-6e4, 6e4).half()
+    assert x16.abs().max() > 5e4
     ref = F.layer_norm(x16.double(), (256,), eps=1e-5)
-    # The textbook half-precision LayerNorm: its variance overflows (x^2 > 65504).
-    mean = x16.mean(-1, keepdim=True)
-    var = ((x16 - mean) * (x16 - mean)).mean(-1, keepdim=True)
-    naive = (x16 - mean) / torch.sqrt(var + 1e-5)
-    assert not torch.isfinite(var).all(), "the half-precision variance was expected to overflow"
-    assert (naive.double() - ref).abs().max() > 0.5, "the overflowed LayerNorm was expected to be wrong"
-    ln = LayerNorm(256, pb_relax=True, dtype=torch.float16)
-    out = ln(x16)
-    assert torch.isfinite(out).all()
-    # LN output is O(1); fp16 rounding of the rescaled input and output costs ~1e-3 per element.
-    torch.testing.assert_close(out.double(), ref, rtol=0, atol=1e-2)
-    # and in fp32 it is the same function as a plain LayerNorm (scale invariance, up to eps)
-    plain32, relax32 = LayerNorm(256), LayerNorm(256, pb_relax=True)
-    y = torch.randn(3, 256, generator=g) * 5
-    torch.testing.assert_close(relax32(y), plain32(y), rtol=1e-4, atol=1e-4)
+    for relax in (False, True):
+        out = LayerNorm(256, pb_relax=relax, dtype=torch.float16)(x16)
+        assert out.dtype == torch.float16 and torch.isfinite(out).all()
+        # LN output is O(1); fp16 rounding of the (rescaled) input and the output costs ~1e-3 per element.
+        torch.testing.assert_close(out.double(), ref, rtol=0, atol=1e-2)
+
+
+def test_pb_relax_layernorm_normalises_the_rescaled_row() -> None:
+    # PB-relax LayerNorm is LN(x * target / max|x|) with a constant (detached) scale, so it is exactly
+    # scale invariant: epsilon acts at the rescaled size, where a plain LayerNorm's epsilon swamps
+    # rows of small variance. fp64 closed form, tolerance 1e-12.
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(3, 5, 64, generator=g, dtype=torch.float64)
+    relaxed = LayerNorm(64, pb_relax=True, target_max=8.0, dtype=torch.float64)
+    plain = LayerNorm(64, dtype=torch.float64)
+    with torch.no_grad():
+        for ln in (relaxed, plain):
+            ln.weight.copy_(1 + 0.3 * torch.randn(64, generator=g, dtype=torch.float64))
+            ln.bias.copy_(0.3 * torch.randn(64, generator=g, dtype=torch.float64))
+    for scale in (1e-4, 1.0, 1e4):
+        x = (base * scale).requires_grad_(True)
+        expect = F.layer_norm(x * (8.0 / x.detach().abs().amax(-1, keepdim=True)), (64,), relaxed.weight,
+                              relaxed.bias, 1e-5)
+        got = relaxed(x)
+        torch.testing.assert_close(got, expect, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got, relaxed(base), rtol=1e-12, atol=1e-12)  # same at every scale
+        (gx,) = torch.autograd.grad((got * base).sum(), x)
+        (ex,) = torch.autograd.grad((expect * base).sum(), x)
+        torch.testing.assert_close(gx, ex, rtol=1e-12, atol=1e-12 / scale)
+    small = base * 1e-4  # variance 1e-8 << eps: a plain LayerNorm shrinks the row towards its bias
+    assert (plain(small) - plain(base)).abs().max() > 0.5
 
 
 def test_cogview_4b_parameter_count() -> None:
