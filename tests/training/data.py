@@ -1,28 +1,8 @@
-"""A tiny learnable text-to-image token dataset for training tests (image codes follow the caption)."""
+"""The tiny learnable token dataset of data_utils.tiny_dataset, under the names the training tests use."""
 from __future__ import annotations
 
-import numpy as np
+from data_utils.tiny_dataset import GRID, LAYOUT, SEQ_LEN, make_tiny_dataset, records
 
-from data_utils.writer import TokenRecord, write_token_dataset
-from tokenization.layout import TokenLayout
-from tokenization.templates import text_to_image
+make_dataset = make_tiny_dataset
 
-LAYOUT = TokenLayout(num_image_tokens=64, num_text_tokens=100)
-GRID = 16  # image codes per sample (a 4x4 grid)
-SEQ_LEN = 1 + 6 + 2 + GRID + 1 + 1  # [ROI1] text(<=6) [BASE] [BOI1] codes [EOI1] + one shifted label
-
-
-def records(n: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        text = rng.integers(0, 100, size=int(rng.integers(2, 7)))
-        codes = (np.arange(GRID) * 3 + int(text[0])) % 64  # a simple function of the caption
-        seq = text_to_image(LAYOUT, text.tolist(), codes, SEQ_LEN)
-        yield TokenRecord(key=f"s{i:05d}", tokens=seq.tokens, position_ids=seq.position_ids, caption=f"c{i}")
-
-
-def make_dataset(out: str, n: int = 256, samples_per_shard: int = 32, seed: int = 0) -> str:
-    """Write the dataset into `out` (shards + dataset.json) and return the folder."""
-    write_token_dataset(out, records(n, seed), layout=LAYOUT, seq_len=SEQ_LEN, samples_per_shard=samples_per_shard,
-                        text_tokenizer="tiny-text", image_tokenizer="tiny-image")
-    return out
+__all__ = ["GRID", "LAYOUT", "SEQ_LEN", "make_dataset", "records"]
