@@ -11,7 +11,9 @@ import torch
 
 from megatron_cogview.config import model_preset
 from megatron_cogview.model import CogViewModel
-from megatron_cogview.parallel import ParallelState, shard
+from megatron_cogview.model import attend
+from megatron_cogview.model.attention import AttentionArgs
+from megatron_cogview.parallel import ParallelState, is_parallel_param, shard
 from tests.distributed import run_distributed
 
 TOL = dict(rtol=1e-4, atol=1e-5)
@@ -84,6 +86,58 @@ def _checkpointing_with_dropout(rank: int, world: int, tp: int) -> None:
         assert torch.equal(a, b)
 
 
+def _peers(t: torch.Tensor, state: ParallelState) -> list[torch.Tensor]:
+    """`t` as held by every tp rank, in rank order."""
+    parts = [torch.empty_like(t) for _ in range(state.tp_size)]
+    torch.distributed.all_gather(parts, t.contiguous(), group=state.tp_group)
+    return parts
+
+
+def _assert_same_on_peers(t: torch.Tensor, state: ParallelState, what: str) -> None:
+    parts = _peers(t, state)
+    assert all(torch.equal(parts[0], x) for x in parts[1:]), f"{what} differs across tp peers"
+
+
+def _dropout_streams(rank: int, world: int, tp: int) -> None:
+    # Hidden and embedding dropout act on tensors every tp rank holds in full: they must draw the same mask
+    # on all peers (replicated stream), or the replicated activations, the LayerNorm gradients and then
+    # the LayerNorm weights drift apart. Attention dropout acts on each rank's own heads: other masks.
+    state = ParallelState.build(tp)
+    for kernel in ("pb-relax", "sdpa"):
+        cfg = _config(kernel, hidden_dropout=0.3, attention_dropout=0.3)
+        model = CogViewModel(cfg, state).train()
+        tokens, labels, weights = _batch(cfg.vocab_size)
+        acts: list[tuple[str, torch.Tensor]] = []
+        for i, layer in enumerate(model.transformer.layers):
+            layer.register_forward_hook(lambda m, a, out, i=i: acts.append((f"layer {i} output", out.detach())))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        replicated = [(n, p) for n, p in model.named_parameters() if not is_parallel_param(p)]
+        assert sum("layernorm" in n for n, _ in replicated) == 2 * (4 * cfg.num_layers + 1)  # weights, biases
+        for step in range(3):
+            acts.clear()
+            hidden = model.hidden_states(tokens)
+            with torch.no_grad():
+                assert not torch.equal(hidden, model.eval().hidden_states(tokens)), "dropout was not active"
+            model.train()
+            for what, value in [*acts, ("final hidden states", hidden.detach())]:
+                _assert_same_on_peers(value, state, f"{kernel} step {step}: {what}")
+            model.lm_loss(tokens, labels, weights).total.backward()
+            for name, p in replicated:
+                _assert_same_on_peers(p.grad, state, f"{kernel} step {step}: gradient of {name}")
+            optimizer.step()
+            optimizer.zero_grad()
+        for name, p in replicated:
+            _assert_same_on_peers(p.detach(), state, f"{kernel} after 3 steps: {name}")
+        # the same q, k, v on every rank: the model-parallel stream draws another attention mask per rank
+        g = torch.Generator().manual_seed(3)
+        q, k, v = (torch.randn(2, 2, 12, 16, generator=g) for _ in range(3))
+        args = AttentionArgs(causal=True, dropout_p=0.3, training=True, tracker=model.rng)
+        out = attend(kernel, q, k, v, args)
+        assert not torch.equal(out, attend(kernel, q, k, v, AttentionArgs(causal=True))), "no attention dropout"
+        parts = _peers(out, state)
+        assert not torch.equal(parts[0], parts[1]), f"{kernel}: attention dropout masks are equal across tp ranks"
+
+
 @pytest.mark.parametrize("world,tp", [(2, 2), (4, 4)], ids=["tp2", "tp4"])
 def test_tensor_parallel_model_equals_serial(world: int, tp: int) -> None:
     run_distributed(_model_equals_serial, world, tp)
@@ -95,3 +149,7 @@ def test_kv_cache_with_tensor_parallelism() -> None:
 
 def test_activation_checkpointing_with_dropout_under_tp() -> None:
     run_distributed(_checkpointing_with_dropout, 2, 2)
+
+
+def test_dropout_streams_under_tp_keep_replicated_state_identical() -> None:
+    run_distributed(_dropout_streams, 2, 2)
