@@ -23,12 +23,13 @@ _MODEL_FLAGS = {
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `tokenizer` subcommand (train-text, train-vqvae) to the `cogview` parser."""
+    """Add the `tokenizer` subcommand (train-text, train-vqvae, import-vqvae) to the `cogview` parser."""
     parser = subparsers.add_parser("tokenizer", help="train the text (SentencePiece) and image (VQ-VAE) tokenizers")
     sub = parser.add_subparsers(dest="tokenizer_command", metavar="ACTION")
     parser.set_defaults(func=lambda args: _help(parser))
     _add_train_text(sub)
     _add_train_vqvae(sub)
+    _add_import_vqvae(sub)
 
 
 def _help(parser: argparse.ArgumentParser) -> int:
@@ -170,4 +171,44 @@ def _run_train_vqvae(args: argparse.Namespace) -> int:
         resume=args.resume,
     )
     train_vqvae(config, options, log=lambda line: print(line, flush=True))  # type: ignore[arg-type]
+    return 0
+
+
+def _add_import_vqvae(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import-vqvae", help="convert the released CogView VQ-VAE (vqvae_hard_biggerset_011.pt) to our format"
+    )
+    p.add_argument("checkpoint", type=Path, help="the original VQ-VAE .pt file (a state dict)")
+    p.add_argument("--out", required=True, type=Path, help="output directory: model.safetensors + config.json")
+    p.add_argument("--image-size", type=int, default=256, help="default encoding resolution (the release used 256)")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow the full unpickler when weights_only=True refuses the file (runs code: trusted files only)",
+    )
+    p.set_defaults(func=_run_import_vqvae)
+
+
+def _run_import_vqvae(args: argparse.Namespace) -> int:
+    import sys
+
+    from tokenization.image import ImageTokenizer
+    from tokenization.vqvae.original import import_original_vqvae
+    from tokenization.vqvae.serialization import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
+
+    out: Path = args.out
+    if (out / WEIGHTS_NAME).exists() or (out / CONFIG_NAME).exists():
+        raise TokenizationError(f"{out} already holds a VQ-VAE; choose a new --out (nothing was overwritten)")
+    model = import_original_vqvae(
+        args.checkpoint, args.trust_pickle, args.image_size, log=lambda line: print(line, file=sys.stderr)
+    )
+    save_pretrained(model, out)
+    reloaded = ImageTokenizer.from_pretrained(out)
+    if reloaded.fingerprint() != ImageTokenizer(model).fingerprint():
+        raise TokenizationError(f"verification of {out} failed after writing (disk full?); delete it and retry")
+    c = model.config
+    print(
+        f"wrote {out} ({c.architecture}: {c.image_size} px -> {c.grid_size}x{c.grid_size} codes of "
+        f"{c.codebook_size}, fingerprint {reloaded.fingerprint()[:12]})"
+    )
     return 0

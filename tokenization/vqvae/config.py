@@ -9,6 +9,11 @@ from typing import Any
 
 from tokenization.errors import TokenizationError
 
+ARCHITECTURES = ("residual", "cogview-original")
+"""residual: strided convs + 3x3 conv + residual blocks (ours); cogview-original: the released CogView VQ-VAE
+(strided 4x4 convs straight into a 1x1 projection, no residual blocks; the decoder mirrors it with transposed
+convs and ends in a 1x1 conv)."""
+
 
 @dataclass(frozen=True)
 class VQVAEConfig:
@@ -28,6 +33,7 @@ class VQVAEConfig:
     dead_code_threshold: float = 0.03
     normalize_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     normalize_std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    architecture: str = "residual"
 
     def __post_init__(self) -> None:
         for name in (
@@ -62,6 +68,10 @@ class VQVAEConfig:
             object.__setattr__(self, name, value)
         if min(self.normalize_std) <= 0:
             raise TokenizationError(f"normalize_std must be positive, got {self.normalize_std}")
+        if self.architecture not in ARCHITECTURES:
+            raise TokenizationError(f"architecture {self.architecture!r} is not one of {', '.join(ARCHITECTURES)}")
+        if self.architecture == "cogview-original" and self.num_res_blocks:
+            raise TokenizationError("the cogview-original VQ-VAE architecture has no residual blocks; set num_res_blocks=0")
 
     @property
     def grid_size(self) -> int:
@@ -74,8 +84,12 @@ class VQVAEConfig:
         return self.downsample.bit_length() - 1
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """JSON-able dict (tuples become lists); the default architecture is left out, so configs (and the
+        tokenizer fingerprints hashed from them) written before the field existed stay the same."""
+        data = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        if data["architecture"] == "residual":
+            del data["architecture"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "VQVAEConfig":

@@ -25,7 +25,10 @@ class ResBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Image [b, c, H, W] -> latents [b, code_dim, H/ds, W/ds]."""
+    """Image [b, c, H, W] -> latents [b, code_dim, H/ds, W/ds].
+
+    residual: (conv4x4/s2, ReLU) x n, conv3x3, residual blocks, ReLU, conv1x1.
+    cogview-original: (conv4x4/s2, ReLU) x n, conv1x1 (no 3x3 conv, no residual blocks)."""
 
     def __init__(self, config: VQVAEConfig) -> None:
         super().__init__()
@@ -34,7 +37,8 @@ class Encoder(nn.Module):
         for i in range(config.num_downsamples):
             down += [nn.Conv2d(config.in_channels if i == 0 else ch, ch, 4, stride=2, padding=1), nn.ReLU()]
         self.down = nn.Sequential(*down)
-        self.conv_mid = nn.Conv2d(ch, ch, 3, padding=1)
+        original = config.architecture == "cogview-original"
+        self.conv_mid: nn.Module = nn.Identity() if original else nn.Conv2d(ch, ch, 3, padding=1)
         self.res = nn.Sequential(*[ResBlock(ch, config.res_channels) for _ in range(config.num_res_blocks)])
         self.conv_out = nn.Conv2d(ch, config.code_dim, 1)
 
@@ -44,20 +48,28 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Quantised latents [b, code_dim, h, w] -> image [b, c, h*ds, w*ds] (mirror of Encoder)."""
+    """Quantised latents [b, code_dim, h, w] -> image [b, c, h*ds, w*ds] (mirror of Encoder).
+
+    residual: conv3x3, residual blocks, (ReLU, convT4x4/s2) x n (the last one outputs the image channels).
+    cogview-original: convT4x4/s2, (ReLU, convT4x4/s2) x (n - 1), ReLU, conv1x1 to the image channels."""
 
     def __init__(self, config: VQVAEConfig) -> None:
         super().__init__()
-        ch = config.hidden_channels
-        self.conv_in = nn.Conv2d(config.code_dim, ch, 3, padding=1)
-        self.res = nn.Sequential(*[ResBlock(ch, config.res_channels) for _ in range(config.num_res_blocks)])
+        ch, n = config.hidden_channels, config.num_downsamples
         up: list[nn.Module] = [nn.ReLU()]
-        n = config.num_downsamples
-        for i in range(n):
-            last = i == n - 1
-            up.append(nn.ConvTranspose2d(ch, config.in_channels if last else ch, 4, stride=2, padding=1))
-            if not last:
-                up.append(nn.ReLU())
+        if config.architecture == "cogview-original":
+            self.conv_in: nn.Module = nn.ConvTranspose2d(config.code_dim, ch, 4, stride=2, padding=1)
+            for _ in range(n - 1):
+                up += [nn.ConvTranspose2d(ch, ch, 4, stride=2, padding=1), nn.ReLU()]
+            up.append(nn.Conv2d(ch, config.in_channels, 1))
+        else:
+            self.conv_in = nn.Conv2d(config.code_dim, ch, 3, padding=1)
+            for i in range(n):
+                last = i == n - 1
+                up.append(nn.ConvTranspose2d(ch, config.in_channels if last else ch, 4, stride=2, padding=1))
+                if not last:
+                    up.append(nn.ReLU())
+        self.res = nn.Sequential(*[ResBlock(ch, config.res_channels) for _ in range(config.num_res_blocks)])
         self.up = nn.Sequential(*up)
 
     def forward(self, q: torch.Tensor) -> torch.Tensor:
