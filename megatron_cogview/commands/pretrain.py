@@ -48,6 +48,7 @@ def tokenizer_record(args: Args, manifest: Manifest) -> dict[str, Any]:
         "layout": manifest.layout, "layout_fingerprint": manifest.layout_fingerprint,
         "text_fingerprint": manifest.text_tokenizer, "image_fingerprint": manifest.image_tokenizer,
         "num_tokens": TokenLayout.from_dict(manifest.layout).num_tokens, "seq_len": manifest.seq_len,
+        "task": manifest.task, "image_size": manifest.settings.get("image_size"),
     }
     if args.data.text_tokenizer:
         from tokenization.text import TextTokenizer
@@ -134,8 +135,11 @@ def run(argv: Sequence[str] | None = None, source_transform: SourceTransform | N
     manifest = _manifest(args.data.paths("train"))
     layout = dataclasses.replace(TokenLayout.from_dict(manifest.layout), tp_size=state.tp_size)
     model_cfg = args.model_config(vocab_size=layout.vocab_size)
-    if model_cfg.max_position_embeddings < manifest.seq_len - 1:
-        raise ConfigError(f"the data has {manifest.seq_len - 1}-token inputs but max_position_embeddings is "
+    needed = manifest.seq_len - 1
+    if hasattr(source_transform, "positions_needed"):  # e.g. super-resolution restarts positions at [ROI2]
+        needed = source_transform.positions_needed(manifest)  # type: ignore[union-attr]
+    if model_cfg.max_position_embeddings < needed:
+        raise ConfigError(f"the data needs {needed} positions but max_position_embeddings is "
                           f"{model_cfg.max_position_embeddings}; raise --max-position-embeddings")
     train = args.train.resolve_batch(state.dp_size)
     user_ds = read_ds_json(args.deepspeed_config) if args.deepspeed_config else {}
