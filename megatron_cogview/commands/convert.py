@@ -6,6 +6,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from megatron_cogview.commands import original
 from megatron_cogview.config import PRESETS, ConfigError, ModelConfig, model_preset
 
 EPILOG = """examples:
@@ -14,9 +15,13 @@ EPILOG = """examples:
   cogview convert --load ckpt --save export --export safetensors        (one file, tp=1, + config.json)
   cogview convert --from cogview-original --load cogview-base --preset cogview-4b --num-tokens 58219 \\
       --save ckpt-tp2 --target-tp 2
+  cogview convert --from cogview-original --load cogview-sr --preset cogview-4b --task superres \\
+      --text-tokenizer cog-pretrain.model --image-tokenizer vqvae --save ckpt-sr   (records what generation needs)
 Optimizer state is dropped (except --consolidate --keep-optimizer at the same tp). The vocabulary is
 re-padded to pad_vocab_size(num_tokens, tp) when the metadata records tokenizers.num_tokens (or
---num-tokens is given); otherwise the padded size is kept when tp divides it, else grown with zero rows."""
+--num-tokens is given); otherwise the padded size is kept when tp divides it, else grown with zero rows.
+A ZeRO-3 checkpoint (parameters partitioned over dp ranks) is always consolidated: any conversion of it,
+--target-tp and --export included, gathers the fp32 weights from its optimizer shards."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--iteration", type=int, help="convert this iteration instead of the latest")
     p.add_argument("--target-tp", type=int, help="tensor-parallel size of the output (default: unchanged)")
     p.add_argument("--consolidate", action="store_true",
-                   help="merge DeepSpeed ZeRO optimizer shards into full fp32 weights per tp rank")
+                   help="merge DeepSpeed ZeRO optimizer shards into full fp32 weights per tp rank "
+                        "(implied for ZeRO-3 checkpoints)")
     p.add_argument("--keep-optimizer", action="store_true",
                    help="with --consolidate at an unchanged tp: copy the ZeRO optimizer shards too")
     p.add_argument("--export", choices=["safetensors"],
@@ -43,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-tokens", type=int, help="real (unpadded) vocabulary size, for re-padding at a new tp")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow the full unpickler for files weights_only=True refuses (runs code: trusted files only)")
+    original.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -58,6 +65,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--num-tokens {args.num_tokens} must be >= 1")
     if Path(args.save).absolute() == Path(args.load).absolute():
         raise ConfigError("--save must be a new directory, not --load")
+    original.check_arguments(args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,8 +82,16 @@ def run(args: argparse.Namespace) -> int:
         config = ModelConfig.from_json(args.config)
     elif args.preset:
         config = model_preset(args.preset)
+    if args.fmt == "cogview-original" and config is not None:  # position table, vocab rows, PB-relax LN
+        from megatron_cogview.checkpoint.original import original_config
+
+        config = original_config(args.load, config, iteration=args.iteration, trust_pickle=args.trust_pickle)
     source = open_source(args.load, fmt=args.fmt, iteration=args.iteration, config=config,
                          num_tokens=args.num_tokens, trust_pickle=args.trust_pickle)
+    if args.fmt == "cogview-original":
+        tokenizers, extra = original.import_metadata(args, source.config)
+        source.meta.tokenizers.update(tokenizers)
+        source.meta.extra.update(extra)
     if not args.export:
         if args.consolidate:
             meta = consolidate(source, save, target_tp=args.target_tp, keep_optimizer=args.keep_optimizer)
@@ -84,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {save} (iteration {meta.iteration}, tensor-parallel size {meta.tensor_parallel_size}, "
               f"vocab_size {meta.model['vocab_size']})")
         return 0
-    if not args.consolidate:
+    if not (args.consolidate or source.partitioned):
         export_safetensors(source, save)
     else:  # consolidate into a scratch checkpoint beside --save, then export that
         save.absolute().parent.mkdir(parents=True, exist_ok=True)
