@@ -177,6 +177,8 @@ class ParallelConfig:
     """Ranks that share one copy of the model (Megatron model parallelism); contiguous ranks."""
     backend: str = "auto"
     """torch.distributed backend: auto (nccl on CUDA, gloo otherwise), nccl or gloo."""
+    distributed_timeout_minutes: float = 10.0
+    """How long a rank waits in a collective for its peers (a hung or lost peer) before it stops with an error."""
 
     def __post_init__(self) -> None:
         _require(
@@ -184,6 +186,8 @@ class ParallelConfig:
             f"tensor_parallel_size={self.tensor_parallel_size!r} must be an integer >= 1",
         )
         _require(self.backend in ("auto", "nccl", "gloo"), f"backend={self.backend!r} is not one of auto, nccl, gloo")
+        _require(self.distributed_timeout_minutes > 0,
+                 f"distributed_timeout_minutes={self.distributed_timeout_minutes} must be > 0")
 
     def data_parallel_size(self, world_size: int) -> int:
         """world_size / tp, or a ConfigError naming both numbers."""

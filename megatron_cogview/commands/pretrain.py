@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -14,11 +17,12 @@ from data_utils.errors import DataError
 from data_utils.loader import build_loader
 from data_utils.shards import Manifest
 from megatron_cogview.checkpoint.layout import CheckpointError, CheckpointMeta, read_meta
-from megatron_cogview.config import ConfigError, TrainConfig
+from megatron_cogview.config import ConfigError, ModelConfig, TrainConfig
 from megatron_cogview.model import CogViewModel
 from megatron_cogview.parallel.state import ParallelState
-from megatron_cogview.training.checkpointing import has_checkpoint
+from megatron_cogview.training.checkpointing import has_checkpoint, resume_iteration
 from megatron_cogview.training.engine import (
+    MergeResult,
     build_ds_config,
     create_engine,
     init_distributed,
@@ -26,6 +30,7 @@ from megatron_cogview.training.engine import (
     read_ds_json,
 )
 from megatron_cogview.training.logger import TrainLogger
+from megatron_cogview.training.save_lock import prepare_save_folder
 from megatron_cogview.training.loop import Trainer
 from tokenization.errors import TokenizationError
 from tokenization.layout import TokenLayout
@@ -69,10 +74,24 @@ def tokenizer_record(args: Args, manifest: Manifest) -> dict[str, Any]:
     return rec
 
 
-def _check_resume_tokens(load: str, rec: dict[str, Any]) -> None:
+def data_fingerprint(paths: list[str], weights: Any) -> str:
+    """Hash of the training data's dataset.json contents (not their paths) and the mixing weights."""
+    h = hashlib.sha256(json.dumps(weights, sort_keys=True).encode())
+    for p in paths:
+        h.update(json.dumps(json.loads((Path(p) / "dataset.json").read_text(encoding="utf-8")), sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def _check_resume_tokens(load: str, rec: dict[str, Any], data_fp: str) -> None:
     if not load or not has_checkpoint(load):
         return
-    _, meta = read_meta(load)
+    it, meta = read_meta(load, resume_iteration(load))
+    saved_fp = meta.extra.get("data_fingerprint")
+    if saved_fp is not None and saved_fp != data_fp:
+        raise DataError(f"the training data differs from the data checkpoint {it} in {load!r} was trained on "
+                        f"(data fingerprint {data_fp} vs {saved_fp}): its saved data position would point at other "
+                        "samples; resume with the same --train-data, or start a new run from its weights with "
+                        "--finetune-from")
     old = meta.tokenizers
     for key in ("layout_fingerprint", "text_fingerprint", "image_fingerprint"):
         if key in old and old[key] != rec[key]:
@@ -130,7 +149,7 @@ def _finetune_weights(model: CogViewModel, train: TrainConfig, state: ParallelSt
 def run(argv: Sequence[str] | None = None, source_transform: SourceTransform | None = None) -> int:
     """Parse, build and train; returns the exit status. `source_transform(loader, layout)` may rewrite batches."""
     args = parse_args(argv)
-    init_distributed(args.parallel.backend)
+    init_distributed(args.parallel.backend, timeout_s=int(args.parallel.distributed_timeout_minutes * 60))
     state = ParallelState.build(args.parallel.tensor_parallel_size)
     manifest = _manifest(args.data.paths("train"))
     layout = dataclasses.replace(TokenLayout.from_dict(manifest.layout), tp_size=state.tp_size)
@@ -151,10 +170,28 @@ def run(argv: Sequence[str] | None = None, source_transform: SourceTransform | N
         raise ConfigError(f"train_batch_size={tbs} in the DeepSpeed config is not micro_batch_size x accumulation x "
                           f"data-parallel size = {per_step}; fix one of them")
     rec = tokenizer_record(args, manifest)
-    _check_resume_tokens(train.load, rec)
+    data_fp = data_fingerprint(args.data.paths("train"), args.data.weights())
+    _check_resume_tokens(train.load, rec, data_fp)
+    warnings: list[str] = []
+    lock = prepare_save_folder(train.save, train.load, state, warnings.append) if train.save else None
+    try:
+        return _train(args, state, manifest, layout, model_cfg, train, merged, user_ds, rec, data_fp, warnings,
+                      source_transform)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(args: Args, state: ParallelState, manifest: Manifest, layout: TokenLayout, model_cfg: ModelConfig,
+           train: TrainConfig, merged: MergeResult, user_ds: dict[str, Any], rec: dict[str, Any], data_fp: str,
+           warnings: list[str], source_transform: SourceTransform | None) -> int:
+    """Build the loaders, model and engine, resume, and train (with --save locked)."""
+    per_step = train.micro_batch_size * train.gradient_accumulation_steps * state.dp_size
     logger = TrainLogger(state.rank == 0, train.train_iters, 0, log_dir=train.save, tensorboard_dir=train.tensorboard_dir)
     for line in merged.decisions:
         logger.info(f"config: {line}")
+    for line in warnings:
+        logger.info(f"warning: {line}")
     logger.info(f"world {state.world_size} = tp {state.tp_size} x dp {state.dp_size}; model "
                 f"{model_cfg.num_layers} layers x {model_cfg.hidden_size}, vocab "
                 f"{model_cfg.vocab_size}; global batch {per_step}; precision {train.precision}; ZeRO {train.zero_stage}")
@@ -166,7 +203,8 @@ def run(argv: Sequence[str] | None = None, source_transform: SourceTransform | N
     model = CogViewModel(model_cfg, state, device=device)
     _finetune_weights(model, train, state, logger)
     engine, _ = create_engine(model, state, train, build_ds_config(train, user_ds))
-    meta = CheckpointMeta(model=model_cfg.to_dict(), tensor_parallel_size=state.tp_size, tokenizers=rec)
+    meta = CheckpointMeta(model=model_cfg.to_dict(), tensor_parallel_size=state.tp_size, tokenizers=rec,
+                          extra={"data_fingerprint": data_fp})
     trainer = Trainer(engine=engine, model=model, state=state, train=train, meta=meta, source=source,
                       valid_source=valid, has_validation=has_valid, logger=logger)
     trainer.resume()
@@ -176,12 +214,41 @@ def run(argv: Sequence[str] | None = None, source_transform: SourceTransform | N
     return 0
 
 
+def _prefix() -> str:
+    rank = os.environ.get("RANK", "0")
+    return "pretrain_gpt2.py" + (f" [rank {rank}]" if os.environ.get("WORLD_SIZE", "1") != "1" else "")
+
+
+def _from_collective(e: BaseException) -> bool:
+    """True when the error was raised inside a torch.distributed collective (a lost or hung peer)."""
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(os.path.join("torch", "distributed", "distributed_c10d.py")):
+            return True
+        tb = tb.tb_next
+    return isinstance(e, torch.distributed.DistError)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    line = re.sub(r"^\[[^\]]*\]\s*", "", lines[0])  # drop the "[.../pair.cc:537]" source location
+    return line.split(". This is typically")[0][:200]
+
+
 def main(argv: Sequence[str] | None = None, source_transform: SourceTransform | None = None) -> int:
     """Run, turning user errors into one line and exit status 2."""
     try:
         return run(argv, source_transform)
     except USER_ERRORS + (CheckpointError,) as e:
-        rank = os.environ.get("RANK", "0")
-        prefix = "pretrain_gpt2.py" + (f" [rank {rank}]" if os.environ.get("WORLD_SIZE", "1") != "1" else "")
-        print(f"{prefix}: error: {e}", file=sys.stderr)
+        print(f"{_prefix()}: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        if not _from_collective(e):
+            raise
+        # a peer died (connection reset) or hung (--distributed-timeout-minutes): one line, not a traceback
+        print(f"{_prefix()}: error: lost contact with another rank ({_first_line(e)}); another process died or "
+              f"hung (see its log); relaunch with --load pointing at your --save folder to resume from the last "
+              "complete checkpoint", file=sys.stderr)
+        return 1

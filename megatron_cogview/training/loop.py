@@ -101,6 +101,8 @@ class Trainer:
 
     def __post_init__(self) -> None:
         self.device = _device()
+        self._resumed_from = 0  # keep-last-N never deletes a checkpoint at or after it that this run did not write
+        self._written: set[int] = set()
         self._iter: Iterator[dict[str, Any]] | None = None
         self._valid_iter: Iterator[dict[str, Any]] | None = None
 
@@ -263,8 +265,9 @@ class Trainer:
         }
         meta = CheckpointMeta(model=self.meta.model, tensor_parallel_size=self.state.tp_size, iteration=p.iteration,
                               tokenizers=self.meta.tokenizers, extra=self.meta.extra)
+        self._written.add(p.iteration)
         save_checkpoint(self.engine, self.train.save, p.iteration, self.state, meta, client, rank_state,
-                        self.train.keep_last)
+                        self.train.keep_last, deletable=lambda it: it in self._written or it < self._resumed_from)
         if self.logger is not None:
             self.logger.info(f"saved checkpoint {p.iteration} to {self.train.save}")
 
@@ -283,6 +286,7 @@ class Trainer:
         if self.source is not None and r.rank_state.get("loader") is not None:
             self.source.load_state_dict(r.rank_state["loader"])
         self._iter = None
+        self._resumed_from = self.progress.iteration
         if self.logger is not None:
             self.logger.info(f"resumed from {self.train.load} at iteration {self.progress.iteration}")
         return True
