@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from megatron_cogview.commands import super_resolution as sr_command
 from megatron_cogview.config import ConfigError
 
 
@@ -36,12 +37,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t2i.add_argument("--caption-model", default="", help="post-selection: rerank samples by CapLoss under this "
                      "image-to-text checkpoint (best first)")
     t2i.add_argument("--keep", type=int, default=0, help="with --caption-model, write only the best k per prompt")
+    sr_command.add_chain_flags(t2i)
     t2i.set_defaults(func=run_text2image)
     i2t = tasks.add_parser("image2text", help="captions for images (a model fine-tuned on image-then-text)")
     _common(i2t)
     i2t.add_argument("images", nargs="+", help="image files")
     i2t.add_argument("--max-len", type=int, default=32, help="max caption tokens")
     i2t.set_defaults(func=run_image2text)
+    sr_command.register(tasks, _common)
 
 
 def _device(name: str) -> Any:
@@ -95,7 +98,8 @@ def run_text2image(args: argparse.Namespace) -> int:
         raise ConfigError(f"--num-samples {args.num_samples} must be >= 1")
     model, tok = load_for_generation(args, args.load)
     caption = load_for_generation(args, args.caption_model)[0] if args.caption_model else None
-    kw = dict(caption_model=caption, keep=args.keep or None)
+    sr = sr_command.prepare_chain(args, tok)  # checked before the (long) sampling
+    kw = dict(caption_model=caption, keep=args.keep or None, keep_codes=sr is not None)
     if args.prompts:
         records = text_to_image_file(model, tok, args.prompts, args.num_samples, config, args.out, **kw)
     else:
@@ -103,6 +107,9 @@ def run_text2image(args: argparse.Namespace) -> int:
     good = [r for r in records if "error" not in r]
     print(f"wrote {len(good)} images for {len({r['id'] for r in good})} prompts to {args.out}/ "
           f"(samples.jsonl, <id>/grid.png); {len(records) - len(good)} prompt(s) skipped", file=sys.stderr)
+    if sr is not None:
+        done = sr_command.chain_text2image(args, records, sr)
+        print(f"wrote {done} super-resolution images (<id>/<sample>.x2.png, superres.jsonl)", file=sys.stderr)
     return 0
 
 

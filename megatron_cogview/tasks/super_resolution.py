@@ -48,6 +48,16 @@ def sr_grid(tokenizers: dict[str, Any], downsample: int, name: str) -> int:
     return size // downsample
 
 
+def check_fits(sr: SRModel) -> None:
+    """GenerationError unless `[ROI2] [BASE] [BOI2]` and g x g high-res codes fit the model's position table."""
+    layout = sr.tokenizer.layout
+    prompt = super_resolution_prompt(layout, [], torch.zeros(sr.grid // 2, sr.grid // 2, dtype=torch.long))
+    need = int(prompt.position_ids[-1]) + sr.grid * sr.grid  # the last high-res code is never an input
+    if need > sr.model.config.max_position_embeddings:
+        raise GenerationError(f"the SR model's {sr.grid}x{sr.grid} high-res grid needs {need} positions but the model "
+                              f"has {sr.model.config.max_position_embeddings}; is the checkpoint's image size right?")
+
+
 def prompt_builder(sr: SRModel, texts: Sequence[str], log: Log) -> PromptBuilder:
     """Row i -> the SR prompt of texts[i] and a low-res window (text cut to what the position table fits)."""
     layout = sr.tokenizer.layout
@@ -130,4 +140,4 @@ def image_codes(sr: SRModel, images: Sequence[Image.Image], mode: str, names: Se
     return vq.encode(list(images), image_size=size)
 
 
-__all__ = ["MODES", "SRModel", "image_codes", "magnify_codes", "prompt_builder", "sr_grid", "super_resolve", "upscale"]
+__all__ = ["MODES", "SRModel", "check_fits", "image_codes", "magnify_codes", "prompt_builder", "sr_grid", "super_resolve", "upscale"]

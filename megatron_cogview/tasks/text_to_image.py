@@ -61,8 +61,12 @@ def text_to_image(
     caption_model: CogViewModel | None = None,
     keep: int | None = None,
     log: Log = _stderr,
+    keep_codes: bool = False,
 ) -> list[dict]:
-    """Generate num_samples images per prompt; write PNGs, a grid and JSONL (appended); return the records."""
+    """Generate num_samples images per prompt; write PNGs, a grid and JSONL (appended); return the records.
+
+    keep_codes: each record also holds the sample's raw codes (row-major), e.g. for super-resolution.
+    """
     if num_samples < 1:
         raise GenerationError(f"num_samples={num_samples} must be >= 1")
     if tokenizer.image is None:
@@ -78,7 +82,8 @@ def text_to_image(
     per_call = max(1, config.max_inference_batch_size // num_samples)  # whole prompts per decode call
     for start in range(0, len(lines), per_call):
         group = lines[start : start + per_call]
-        records += _generate_group(model, tokenizer, group, num_samples, config, out, caption_model, keep, log)
+        records += _generate_group(model, tokenizer, group, num_samples, config, out, caption_model, keep, log,
+                                   keep_codes=keep_codes)
     if writer:
         with jsonl.open("a", encoding="utf-8") as f:
             for r in records:
@@ -102,7 +107,7 @@ def _encode(tokenizer: UnifiedTokenizer, line: PromptLine, max_len: int, log: Lo
 
 def _generate_group(
     model: CogViewModel, tokenizer: UnifiedTokenizer, group: list[PromptLine], n: int, config: GenerationConfig,
-    out: Path, caption_model: CogViewModel | None, keep: int | None, log: Log,
+    out: Path, caption_model: CogViewModel | None, keep: int | None, log: Log, *, keep_codes: bool = False,
 ) -> list[dict]:
     layout, grid = tokenizer.layout, tokenizer.image.grid_size  # type: ignore[union-attr]
     num_codes = grid * grid
@@ -139,6 +144,8 @@ def _generate_group(
                    "settings": config.to_dict()}
             if losses is not None:
                 rec.update(caption_loss=float(losses[p, j]), rank=rank)
+            if keep_codes:
+                rec["codes"] = codes[p, j].tolist()
             records.append(rec)
     return records
 
