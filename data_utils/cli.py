@@ -46,7 +46,7 @@ def _add_preprocess(subparsers: argparse._SubParsersAction) -> None:
         "captions, or img2dataset-style .tar shards (KEY.jpg|png|webp + KEY.txt). Re-running continues "
         "an interrupted run.",
     )
-    p.add_argument("inputs", nargs="+", help="JSONL/TSV files, image folders or .tar files")
+    p.add_argument("inputs", nargs="*", help="JSONL/TSV files, image folders or .tar files")
     p.add_argument("--text-tokenizer", required=True, help="SentencePiece .model file")
     p.add_argument("--image-tokenizer", required=True, help="VQ-VAE folder (model.safetensors + config.json)")
     p.add_argument("--out", required=True, help="output folder for PREFIX-000000.tar ... and dataset.json")
@@ -63,12 +63,20 @@ def _add_preprocess(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-column", default=None, help="image path field of JSONL/TSV inputs")
     p.add_argument("--num-text-tokens", type=int, default=None, help="text ids in the layout (default: tokenizer size)")
     p.add_argument("--num-image-tokens", type=int, default=None, help="image ids in the layout (default: codebook size)")
+    b = p.add_argument_group("the original CogView's binary datasets (instead of inputs)")
+    b.add_argument("--from-cogview-bin", nargs="+", metavar="FILE", default=None,
+                   help="CompactBinaryDataset files: int32 rows of --bin-text-len text ids (-1 padded) + grid^2 codes")
+    b.add_argument("--bin-text-len", type=int, default=64, help="text ids per row (the original used 64)")
+    b.add_argument("--text-ids", choices=("unified", "raw"), default="unified",
+                   help="text ids stored as unified ids (SentencePiece id + image codes, the original's) or raw")
     p.set_defaults(func=_run_preprocess)
 
 
 def _run_preprocess(args: argparse.Namespace) -> int:
     from .preprocess import PreprocessConfig, preprocess
 
+    if args.from_cogview_bin is not None:
+        return _run_from_cogview_bin(args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     config = PreprocessConfig(
         tuple(args.inputs), args.text_tokenizer, args.image_tokenizer, args.out, prefix=args.prefix,
@@ -78,6 +86,23 @@ def _run_preprocess(args: argparse.Namespace) -> int:
         num_text_tokens=args.num_text_tokens, num_image_tokens=args.num_image_tokens,
     )
     preprocess(config)
+    return 0
+
+
+def _run_from_cogview_bin(args: argparse.Namespace) -> int:
+    from .cogview_bin import BinConfig, convert_cogview_bin
+
+    if args.inputs:
+        raise DataError("pass either inputs or --from-cogview-bin FILE, not both")
+    ignored = [f for f, v in (("--image-size", args.image_size), ("--caption-column", args.caption_column),
+                              ("--image-column", args.image_column), ("--num-text-tokens", args.num_text_tokens),
+                              ("--num-image-tokens", args.num_image_tokens)) if v is not None]
+    if ignored:
+        raise DataError(f"{', '.join(ignored)} do not apply to --from-cogview-bin (the rows are already tokenized)")
+    config = BinConfig(tuple(args.from_cogview_bin), args.text_tokenizer, args.image_tokenizer, args.out,
+                       text_len=args.bin_text_len, text_ids=args.text_ids, seq_len=args.seq_len, task=args.task,
+                       samples_per_shard=args.samples_per_shard, prefix=args.prefix)
+    convert_cogview_bin(config)
     return 0
 
 
