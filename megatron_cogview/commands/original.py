@@ -1,8 +1,11 @@
 """`cogview convert --from cogview-original`: the metadata that makes an imported release usable directly.
 
-Generation reads the tokenizers (paths, fingerprints, token layout) and the task from the checkpoint's
-metadata, so the import records them: `--text-tokenizer cog-pretrain.model` (loaded as is),
-`--image-tokenizer DIR` (made by `cogview tokenizer import-vqvae`) and `--task`.
+Generation reads the tokenizers (paths, fingerprints, token layout), the task of the training data and
+the image size from the checkpoint's metadata (`tokenizers`, where training records them too), so the
+import records them: `--text-tokenizer cog-pretrain.model` (loaded as is), `--image-tokenizer DIR` (made
+by `cogview tokenizer import-vqvae`; its image size is the one the model was trained at) and `--task`
+(`superres` is what `--super-resolution` checks for). `extra.template = "cogview-original"` marks
+models trained with the original's templates (its super-resolution sequence has a [POS0] after [ROI2]).
 """
 from __future__ import annotations
 
@@ -51,7 +54,7 @@ def tokenizer_record(text_path: str, image_path: str, config: ModelConfig, num_t
         raise ConfigError(f"the tokenizers need {layout.num_tokens} ids but the checkpoint's vocabulary has "
                           f"{config.vocab_size} rows; are these the tokenizers this model was trained with?")
     return {
-        "text": os.path.abspath(text_path), "image": os.path.abspath(image_path),
+        "image_size": image.image_size, "text": os.path.abspath(text_path), "image": os.path.abspath(image_path),
         "text_fingerprint": text.fingerprint(), "image_fingerprint": image.fingerprint(),
         "layout": layout.to_dict(), "layout_fingerprint": layout.fingerprint(), "num_tokens": layout.num_tokens,
     }
@@ -59,8 +62,7 @@ def tokenizer_record(text_path: str, image_path: str, config: ModelConfig, num_t
 
 def import_metadata(args: argparse.Namespace, config: ModelConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """(tokenizers, extra) to record in the imported checkpoint's metadata."""
-    tokenizers: dict[str, Any] = {}
+    tokenizers: dict[str, Any] = {"task": args.task or "text2image"}
     if args.text_tokenizer:
-        tokenizers = tokenizer_record(args.text_tokenizer, args.image_tokenizer, config, args.num_tokens)
-    extra = {"task": args.task or "text2image", "template": "cogview-original"}
-    return tokenizers, extra
+        tokenizers.update(tokenizer_record(args.text_tokenizer, args.image_tokenizer, config, args.num_tokens))
+    return tokenizers, {"template": "cogview-original"}

@@ -125,7 +125,7 @@ def test_base_import_logits_equal_the_original_forward(release: dict, tmp_path: 
     model, meta = load_model(tmp_path / "base", ParallelState.single())
     c = model.config
     assert (c.pb_relax_layernorm, c.pb_relax_ln_target, c.max_position_embeddings) == ("all", 8.0, 128)
-    assert meta.extra["task"] == "text2image" and meta.extra["source_format"] == "cogview-original"
+    assert meta.tokenizers["task"] == "text2image" and meta.extra["source_format"] == "cogview-original"
     layout: TokenLayout = release["layout"]  # type: ignore[assignment]
     assert meta.tokenizers["layout"] == layout.to_dict() and meta.tokenizers["num_tokens"] == layout.num_tokens
     tokens = torch.randint(0, layout.num_tokens, (2, 40), generator=torch.Generator().manual_seed(0))
@@ -146,7 +146,8 @@ def test_base_import_logits_equal_the_original_forward(release: dict, tmp_path: 
 def test_super_resolution_import_keeps_the_longer_position_table(release: dict, tmp_path: Path) -> None:
     assert _import(release, "sr", "superres", tmp_path / "sr") == 0
     model, meta = load_model(tmp_path / "sr", ParallelState.single())
-    assert model.config.max_position_embeddings == 160 and meta.extra["task"] == "superres"
+    assert model.config.max_position_embeddings == 160
+    assert (meta.tokenizers["task"], meta.tokenizers["image_size"]) == ("superres", 32)  # what --super-resolution reads
     layout: TokenLayout = release["layout"]  # type: ignore[assignment]
     seq = templates.super_resolution(layout, [5, 6, 7], np.arange(4) % 32, np.arange(16) % 32, 36)
     tokens = torch.from_numpy(seq.tokens).unsqueeze(0)
@@ -159,14 +160,15 @@ def test_super_resolution_import_keeps_the_longer_position_table(release: dict, 
             torch.testing.assert_close(model.eval()(tokens, pos).double(), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_generate_with_imported_base_and_caption_models(release: dict, tmp_path: Path) -> None:
+def test_generate_with_imported_base_caption_and_sr_models(release: dict, tmp_path: Path) -> None:
     assert _import(release, "base", "text2image", tmp_path / "base") == 0
     assert _import(release, "caption", "image2text", tmp_path / "cap") == 0
-    assert read_meta(tmp_path / "cap")[1].extra["task"] == "image2text"
+    assert _import(release, "sr", "superres", tmp_path / "sr") == 0
+    assert read_meta(tmp_path / "cap")[1].tokenizers["task"] == "image2text"
     out = tmp_path / "samples"
     assert _cli("generate", "text2image", "--load", str(tmp_path / "base"), "--caption-model", str(tmp_path / "cap"),
-                "--prompt", "a red car", "--num-samples", "3", "--keep", "2", "--top-k", "20", "--device", "cpu",
-                "--out", str(out)) == 0
+                "--super-resolution", str(tmp_path / "sr"), "--prompt", "a red car", "--num-samples", "3",
+                "--keep", "2", "--top-k", "20", "--device", "cpu", "--out", str(out)) == 0
     records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(records) == 2 and [r["rank"] for r in records] == [0, 1]
     assert records[0]["caption_loss"] <= records[1]["caption_loss"]
@@ -174,6 +176,12 @@ def test_generate_with_imported_base_and_caption_models(release: dict, tmp_path:
 
     with Image.open(out / records[0]["file"]) as im:
         assert im.size == (32, 32)  # decoded by the imported release VQ-VAE
+    magnified = sorted(out.rglob("*.x2.png"))
+    assert len(magnified) == 2
+    with Image.open(magnified[0]) as im:
+        assert im.size == (64, 64)  # 4x4 codes magnified to 8x8 by the imported SR model
+    assert _cli("generate", "text2image", "--load", str(tmp_path / "base"), "--super-resolution", str(tmp_path / "cap"),
+                "--prompt", "a red car", "--device", "cpu", "--out", str(tmp_path / "x")) == 2  # not an SR model
 
 
 def _one_line(capsys: pytest.CaptureFixture[str], needle: str) -> None:
