@@ -1,0 +1,211 @@
+"""A strict tar reader: the regular files of a ustar/GNU/pax archive, plain or gzip/bzip2/xz compressed.
+
+It yields exactly what Python's tarfile yields for a well-formed archive (names decoded as UTF-8 with
+surrogateescape, pax and GNU long names applied the way tarfile applies them), but it never ends quietly:
+a bad header checksum, a cut, a member that runs past the end of the file, a lone zero block followed by
+data or a corrupt compressed stream raises TarFault naming the offset. The end of the archive is decided
+where reading stops (a zero block there, followed by a second one or by the end of the file); bytes after a
+proper end are ignored. Work is linear in the file size (the compressed size times the expansion for
+compressed files): a member's size is checked against the file's size before anything is read.
+"""
+from __future__ import annotations
+
+import bz2
+import gzip
+import lzma
+import os
+import re
+from typing import BinaryIO, Callable, Iterator
+
+BLOCK = 512
+_CHUNK = 1 << 24  # largest single read from a compressed stream (memory grows only with real data)
+_REGULAR = frozenset({b"0", b"\x00", b"7"})  # tarfile's REGULAR_TYPES, less GNU sparse (refused)
+_NO_DATA = frozenset({b"1", b"2", b"3", b"4", b"5", b"6"})  # tarfile skips no data blocks after these
+_PAX = frozenset({b"x", b"X", b"g"})
+_GNU_LONG = frozenset({b"L", b"K"})
+_OCTAL = re.compile(rb" *[0-7]* *(\x00.*)?", re.DOTALL)  # number fields as tarfile's nti reads them
+_PAX_RECORD = re.compile(rb"(\d+) ([^=]+)=")  # as tarfile parses pax records
+_DIGITS = re.compile(r"[0-9]+")
+_NUMBER_FIELDS = ((100, 108), (108, 116), (116, 124), (124, 136), (136, 148), (329, 337), (337, 345))
+_CACHE_LIMIT = 256
+
+
+class TarFault(ValueError):
+    """A tar archive is cut short or corrupt; the message names the byte offset."""
+
+
+def read_tar(path: str, want: Callable[[str], bool]) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of every regular file of the tar at `path` for which want(name) is true, in order."""
+    with open(path, "rb", buffering=1 << 20) as raw:
+        magic = raw.read(10)
+        raw.seek(0)
+        if magic.startswith(b"\x1f\x8b\x08"):
+            compressed: BinaryIO | None = gzip.GzipFile(fileobj=raw, mode="rb")
+        elif magic[0:3] == b"BZh" and magic[4:10] == b"1AY&SY":
+            compressed = bz2.BZ2File(raw, "rb")
+        elif magic.startswith((b"\x5d\x00\x00\x80", b"\xfd7zXZ")):
+            compressed = lzma.LZMAFile(raw, "rb")
+        else:
+            compressed = None
+        if compressed is None:
+            yield from _Reader(raw, os.fstat(raw.fileno()).st_size).members(want)
+            return
+        with compressed:
+            yield from _Reader(compressed, None).members(want)
+
+
+class _Reader:
+    """One pass over a tar stream; `size` is the file's size for plain files, None for compressed streams."""
+
+    def __init__(self, f: BinaryIO, size: int | None) -> None:
+        self.f, self.size, self.pos = f, size, 0
+        self.checked: set[bytes] = set()  # number fields already validated (shards repeat them)
+
+    def members(self, want: Callable[[str], bool]) -> Iterator[tuple[str, bytes]]:
+        """The wanted regular files up to the end-of-archive blocks; TarFault where the archive is damaged."""
+        global_pax: dict[str, str] = {}
+        long_name: str | None = None  # from a GNU 'L' member or a pax path, for the next member
+        pax_size: int | None = None
+        extended_at: int | None = None  # offset of the first extension header of the pending member
+        while True:
+            at = self.pos
+            header = self.f.read(BLOCK)
+            self.pos += len(header)
+            if len(header) < BLOCK or header.count(0) == BLOCK:
+                if extended_at is not None:
+                    raise TarFault(f"the extended header at offset {extended_at} has no member after it")
+                self._end(header, at)
+                return
+            name, size, kind, raw_name = self._header(header, at)
+            if kind in _PAX or kind in _GNU_LONG:
+                body = self._read(size, f"the {kind.decode()!r} header at offset {at}")
+                extended_at = at if extended_at is None else extended_at
+                if kind in _GNU_LONG:
+                    if kind == b"L" and long_name is None:
+                        long_name = body.split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
+                    continue
+                records = _pax_records(body, at)
+                if kind == b"g":
+                    bad = sorted(k for k in records if k in ("path", "size") or k.startswith("GNU.sparse."))
+                    if bad:
+                        raise TarFault(f"the global pax header at offset {at} sets {bad}: not supported")
+                    global_pax.update(records)
+                    continue
+                if any(k.startswith("GNU.sparse.") for k in records):
+                    raise TarFault(f"the pax header at offset {at} describes a sparse file: not supported")
+                if "path" in records and long_name is None:
+                    long_name = records["path"].rstrip("/")
+                if "size" in records and pax_size is None:
+                    if not _DIGITS.fullmatch(records["size"]):
+                        raise TarFault(f"the pax header at offset {at} has size {records['size']!r}")
+                    pax_size = int(records["size"])
+                continue
+            if kind == b"S":
+                raise TarFault(f"the member at offset {at} is a GNU sparse file: not supported")
+            old_dir = kind == b"\x00" and raw_name.endswith("/")  # a V7 directory, as tarfile reads it
+            regular = kind in _REGULAR and not old_dir
+            name = name if long_name is None else long_name  # only a regular member's name is used
+            size = size if pax_size is None else pax_size
+            long_name, pax_size, extended_at = None, None, None
+            what = f"member {name!r} at offset {at}"
+            if regular and want(name):
+                yield name, self._read(size, what)
+            elif kind not in _NO_DATA and not old_dir:
+                self._skip(size, what)
+
+    def _header(self, header: bytes, at: int) -> tuple[str, int, bytes, str]:
+        """(name with its ustar prefix, size, type flag, raw name field) of a header block tarfile accepts."""
+        numbers = header[100:156] + header[329:345]
+        if numbers not in self.checked:
+            for lo, hi in _NUMBER_FIELDS + ((148, 156),):
+                field = header[lo:hi]
+                if field[0] not in (0o200, 0o377) and not _OCTAL.fullmatch(field):
+                    raise TarFault(f"the header at offset {at} has a corrupt number field {field!r}")
+            if len(self.checked) < _CACHE_LIMIT:
+                self.checked.add(numbers)
+        chksum = _number(header[148:156])
+        unsigned = 256 + sum(header) - sum(header[148:156])
+        if chksum != unsigned and chksum != unsigned - 256 * sum(b >= 128 for b in header[:148] + header[156:]):
+            raise TarFault(f"the header at offset {at} has a bad checksum (a corrupt or misplaced header)")
+        kind = header[156:157]
+        raw_name = _text(header[0:100])
+        name = raw_name
+        if kind == b"5" or (kind == b"\x00" and name.endswith("/")):
+            name = name.rstrip("/")
+        prefix = _text(header[345:500])
+        if prefix and kind not in (b"L", b"K", b"S"):
+            name = prefix + "/" + name
+        return name, _number(header[124:136]), kind, raw_name
+
+    def _read(self, size: int, what: str) -> bytes:
+        """The next `size` bytes and their padding to a whole block; TarFault if the file is shorter."""
+        padded = -(-size // BLOCK) * BLOCK
+        if self.size is not None and self.pos + padded > self.size:
+            raise TarFault(f"{what} needs {size} bytes, which runs past the end of the file at {self.size} "
+                           "(cut short or a corrupt size)")
+        if size <= _CHUNK or self.size is not None:
+            data = self.f.read(size)
+        else:
+            parts, left = [], size
+            while left and (part := self.f.read(min(left, _CHUNK))):
+                parts.append(part)
+                left -= len(part)
+            data = b"".join(parts)
+        pad = self.f.read(padded - size) if len(data) == size else b""
+        self.pos += len(data) + len(pad)
+        if len(data) + len(pad) != padded:
+            raise TarFault(f"{what} needs {size} bytes, which runs past the end of the file at {self.pos} "
+                           "(cut short or a corrupt size)")
+        return data
+
+    def _skip(self, size: int, what: str) -> None:
+        """Pass over a member's data blocks."""
+        padded = -(-size // BLOCK) * BLOCK
+        if self.size is None or self.pos + padded > self.size:
+            for start in range(0, padded, _CHUNK):
+                self._read(min(padded - start, _CHUNK), what)
+            return
+        self.f.seek(padded, os.SEEK_CUR)
+        self.pos += padded
+
+    def _end(self, header: bytes, at: int) -> None:
+        """Accept a zero block followed by a second one (or by the end of the file); else TarFault."""
+        if not header:
+            raise TarFault("the file is empty" if at == 0 else
+                           f"the tar ends at offset {at} without an end-of-archive marker (cut short)")
+        if len(header) < BLOCK:
+            raise TarFault(f"the tar is cut short inside the header at offset {at}")
+        after = self.f.read(BLOCK)
+        if after.count(0) != len(after):
+            raise TarFault(f"a lone zero block at offset {at} is followed by data (a wiped header or a corrupt tar)")
+        if self.size is None:  # read a compressed stream to its end: its checksum and length are verified there
+            while self.f.read(_CHUNK):
+                pass
+
+
+def _number(field: bytes) -> int:
+    """A tar number field: octal text or GNU base-256 (as tarfile's nti)."""
+    if field[0] in (0o200, 0o377):
+        n = int.from_bytes(field[1:], "big")
+        return n - 256 ** (len(field) - 1) if field[0] == 0o377 else n
+    return int(field.split(b"\x00", 1)[0].strip() or b"0", 8)
+
+
+def _text(field: bytes) -> str:
+    """A NUL-terminated name field."""
+    return field.split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def _pax_records(body: bytes, at: int) -> dict[str, str]:
+    """keyword -> value of a pax header's records; TarFault unless they fill the body exactly."""
+    records: dict[str, str] = {}
+    pos = 0
+    while pos < len(body):
+        match = _PAX_RECORD.match(body, pos)
+        end = pos + int(match.group(1)) if match is not None else 0
+        if match is None or end <= match.end() or end > len(body) or body[end - 1] != 0x0A:
+            raise TarFault(f"the pax header at offset {at} has a corrupt record at byte {pos}")
+        records[match.group(2).decode("utf-8", "surrogateescape")] = \
+            body[match.end() : end - 1].decode("utf-8", "surrogateescape")
+        pos = end
+    return records
