@@ -1,0 +1,1 @@
+"""Evaluation of text-to-image checkpoints: FID-k, Inception Score, Caption Loss, self-reranking, checker accuracy."""
