@@ -23,7 +23,10 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={
-        "dev": ["pytest>=7.4", "pytest-timeout>=2.2"],
+        "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "scipy>=1.10"],
+        # `cogview evaluate --features inception` uses torch-fidelity's FID Inception-v3; scripts/install.sh
+        # installs it with --no-deps (eval and dev), since its torchvision requirement would replace torch.
+        "eval": [],
         "tensorboard": ["tensorboard>=2.14"],
         "bench": ["transformers>=4.40"],
     },
