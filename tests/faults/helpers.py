@@ -66,20 +66,22 @@ def assert_one_line(proc: subprocess.CompletedProcess, *needles: str) -> str:
     return lines[0]
 
 
-def assert_intact(save: Path, latest: int, folders: list[int]) -> None:
-    """(2): the trackers name `latest`, every iteration folder is complete, no half-written folder remains."""
+def assert_intact(save: Path, latest: int, folders: list[int], partials: tuple[str, ...] = ()) -> None:
+    """(2): the trackers name `latest`, every iteration folder is complete, and the only half-written folders
+    are the hidden `partials` (a kill -9 leaves one; the next run deletes it)."""
     assert read_latest(save) == latest
     assert (save / DS_TRACKER).read_text().strip() == str(latest)
     names = sorted(p.name for p in save.iterdir() if p.is_dir())
-    assert names == sorted(map(str, folders)), names
+    assert names == sorted([*partials, *map(str, folders)]), names
     for it in folders:
         assert (save / str(it) / META_FILE).is_file()
         assert (save / str(it) / "mp_rank_00_model_states.pt").is_file()
 
 
 def assert_resumes_exactly(data: str, save: Path, reference: Path, resumed_at: int, *extra: str,
-                           nproc: int = 1) -> None:
-    """(3): a relaunch with --load resumes at `resumed_at` and logs the reference run's losses after it."""
+                           nproc: int = 1) -> str:
+    """(3): a relaunch with --load resumes at `resumed_at` and logs the reference run's losses after it;
+    returns its stdout."""
     (save / "metrics.jsonl").unlink(missing_ok=True)
     proc = launch(data, save, *extra, nproc=nproc)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
@@ -88,3 +90,4 @@ def assert_resumes_exactly(data: str, save: Path, reference: Path, resumed_at: i
     assert sorted(got) == list(range(resumed_at + 1, ITERS + 1))
     assert [got[i] for i in sorted(got)] == [ref[i] for i in sorted(got)]
     assert read_latest(save) == ITERS
+    return proc.stdout
