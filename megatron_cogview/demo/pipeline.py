@@ -38,10 +38,14 @@ class DemoSettings:
     samples_per_prompt: int = 8
     temperature: float = 0.9
     top_k: int = 20
+    super_resolution: bool = False  # the optional SR stages (demo/superres.py), after the report
+    sr_iters: int = 400  # SR fine-tuning steps from the text-to-image model
+    sr_lr: float = 1e-3
+    sr_eval_scenes: int = 16  # rendered scenes magnified for PSNR against a true 2x rendering
 
 
 FAST = DemoSettings(num_images=3000, vq_steps=150, vq_hidden=32, gpt_iters=120, caption_iters=60, prompts_seen=2,
-                    samples_per_prompt=4)
+                    samples_per_prompt=4, sr_iters=30, sr_eval_scenes=4)
 
 
 # The settings each stage reads; a stage's fingerprint also covers every earlier stage's settings, so a
@@ -192,4 +196,8 @@ def run_demo(out: str | Path, settings: DemoSettings, log: Log = print) -> dict[
     st.run("report", lambda: metrics.update(write_report(out, s, st.times)))
     if not metrics:
         metrics = json.loads((out / "report" / "metrics.json").read_text())
+    if s.super_resolution:
+        from megatron_cogview.demo.superres import run_superres
+
+        metrics["superres"] = run_superres(out, s, log, _pretrain)
     return metrics
