@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
-from megatron_cogview.checkpoint.layout import read_latest
+from megatron_cogview.checkpoint.layout import model_states_file, read_latest
+from megatron_cogview.checkpoint.load import load_states
 from tests.training.data import make_dataset
 from tests.training.runner import base_args, command, env, losses, metrics, train, ROOT
 
@@ -43,6 +45,8 @@ def test_resume_is_bitwise_identical(data: str, tmp_path: Path) -> None:
     resumed, straight = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert sorted(resumed) == list(range(1, 13))
     assert [resumed[i] for i in range(7, 13)] == [straight[i] for i in range(7, 13)]
+    wa, wb = (load_states(model_states_file(tmp_path / run, 12, 0))["module"] for run in ("a", "b"))
+    assert list(wa) == list(wb) and all(torch.equal(wa[n], wb[n]) for n in wa)  # final weights, bit for bit
 
 
 @pytest.mark.slow
@@ -68,6 +72,10 @@ def test_tensor_parallel_losses_equal_serial(data: str, tmp_path: Path) -> None:
     # steps at lr 3e-3 amplify that to ~1e-5 relative at most.
     for i in ref:
         assert math.isclose(got[i], ref[i], rel_tol=2e-4), (i, got[i], ref[i])
+    norms = [{r["iteration"]: r["grad_norm"] for r in metrics(tmp_path / run)} for run in ("tp1", "tp2")]
+    assert sorted(norms[0]) == sorted(norms[1]) == list(range(1, 9))
+    for i in norms[0]:  # the sharded grad norm counts every tp shard once and replicated params once
+        assert math.isclose(norms[1][i], norms[0][i], rel_tol=2e-4), (i, norms[1][i], norms[0][i])
     # a different tp size at resume is refused, naming the conversion CLI
     proc = train(base_args(data, str(tmp_path / "tp1b"), 16, "--load", str(tmp_path / "tp2")), check=False)
     assert proc.returncode == 2
