@@ -19,6 +19,7 @@ _MODEL_FLAGS = {
     "ema_decay": "ema_decay",
     "commitment_beta": "commitment_beta",
     "dead_code_threshold": "dead_code_threshold",
+    "architecture": "architecture",
 }
 
 
@@ -129,6 +130,12 @@ def _add_train_vqvae(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="re-initialise codes used less than this x the uniform share (default 0.03; 0: never)",
     )
+    model.add_argument(
+        "--architecture",
+        choices=("residual", "cogview-original"),
+        default=None,
+        help="residual (default) or cogview-original (the released CogView VQ-VAE's layers; no residual blocks)",
+    )
     p.set_defaults(func=_run_train_vqvae)
 
 
@@ -139,6 +146,8 @@ def _config_from_args(args: argparse.Namespace) -> "object":
 
     given = {field: getattr(args, flag) for flag, field in _MODEL_FLAGS.items() if getattr(args, flag) is not None}
     if not args.resume:
+        if given.get("architecture") == "cogview-original":
+            given.setdefault("num_res_blocks", 0)  # that architecture has none
         return VQVAEConfig(**given)
     saved = VQVAEConfig.from_dict(load_checkpoint(Path(args.out) / CHECKPOINT_NAME)["config"])
     clashes = [f"--{k.replace('_', '-')}" for k, v in given.items() if getattr(saved, k) != v]

@@ -156,3 +156,23 @@ def test_pickle_needs_trust_pickle(released: tuple[ReferenceVQVAE, Path], tmp_pa
     assert _import([str(crafted), "--out", str(tmp_path / "b"), "--trust-pickle"]) == 0
     assert marker.read_text() == "pwned"  # the full unpickler ran, as the user allowed
     assert ImageTokenizer.from_pretrained(tmp_path / "b").config.architecture == "cogview-original"
+
+
+def test_original_architecture_trains_and_is_a_train_vqvae_choice() -> None:
+    import argparse
+
+    from tokenization.cli import _config_from_args, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["tokenizer", "train-vqvae", "--data", "x", "--out", "y", "--architecture",
+                              "cogview-original", "--image-size", "32", "--hidden-channels", "16", "--code-dim", "8",
+                              "--codebook-size", "32"])
+    config = _config_from_args(args)
+    assert (config.architecture, config.num_res_blocks) == ("cogview-original", 0)
+    torch.manual_seed(0)
+    model = VQVAE(config)
+    out = model(torch.randn(2, 3, 32, 32))
+    out.loss.backward()
+    assert out.reconstruction.shape == (2, 3, 32, 32) and out.codes.shape == (2, 4, 4)
+    assert all(p.grad is not None for p in model.encoder.parameters())  # straight-through reaches the encoder
