@@ -207,6 +207,9 @@ class WorkerStream:
                 self._fault(f"shard {path} is truncated or corrupt after key {e.key!r} ({e.cause}); "
                             f"kept {seen} of {expected} samples", source)
                 continue
+            except FileNotFoundError:  # unlike a corrupt shard, a missing one means the data moved: stop
+                raise DataError(f"shard {path} listed in dataset.json is missing (deleted or moved during training?): "
+                                "restore it and relaunch with --load to resume from the last checkpoint") from None
             except OSError as e:
                 self._fault(f"shard {path} cannot be read ({e}); skipped", source)
                 continue

@@ -21,6 +21,7 @@ from megatron_cogview.config import ConfigError, TrainConfig
 from megatron_cogview.model import CogViewModel
 from megatron_cogview.parallel.state import ParallelState
 from megatron_cogview.training.schedule import LRSchedule
+from megatron_cogview.training.skips import GatedAdamW, SkipGate
 
 Log = Callable[[str], None]
 
@@ -152,7 +153,10 @@ def build_ds_config(train: TrainConfig, user: dict[str, Any] | None = None) -> d
                            ("min_loss_scale", 1), ("initial_scale_power", 16)):
             fp16.setdefault(key, value)
     ds.pop("bfloat16", None)
-    ds.setdefault("bf16", {})["enabled"] = train.precision == "bf16"
+    bf16 = ds.setdefault("bf16", {})
+    bf16["enabled"] = train.precision == "bf16"
+    if bf16["enabled"]:
+        bf16.setdefault("check_grad_overflow", True)  # never apply a non-finite gradient (skipped and counted)
     return ds
 
 
@@ -190,11 +194,12 @@ def create_engine(model: CogViewModel, state: ParallelState, train: TrainConfig,
         raise ConfigError("ZeRO stage 3 is supported with tensor-parallel size 1 only; use --zero-stage 1 or 2 with tp > 1")
     deepspeed = _deepspeed()
     fused = torch.cuda.is_available()
-    optimizer = torch.optim.AdamW(
-        param_groups(model, train.weight_decay), lr=train.lr, betas=(train.adam_beta1, train.adam_beta2),
+    gate = SkipGate()  # closed by the loop around the step of a skipped iteration
+    optimizer = GatedAdamW(
+        param_groups(model, train.weight_decay), gate, lr=train.lr, betas=(train.adam_beta1, train.adam_beta2),
         eps=train.adam_eps, fused=fused or None,
     )
-    schedule = LRSchedule(optimizer, train)
+    schedule = LRSchedule(optimizer, train, gate)
     if train.zero_stage == 3:
         deepspeed.zero.register_external_parameter(model, model.word_embeddings.weight)  # tied output embedding
     if model.config.checkpoint_activations and "activation_checkpointing" in ds_config:
@@ -214,4 +219,12 @@ def loss_scale(engine) -> float:  # type: ignore[no-untyped-def]
     opt = getattr(engine, "optimizer", None)
     config = getattr(opt, "loss_scale_config", None)  # DeepSpeed's fp16 optimizers keep the live scale here
     value = getattr(config, "cur_scale", None) if config is not None else getattr(opt, "cur_scale", None)
+    return float(value) if value else 1.0
+
+
+def min_loss_scale(engine) -> float:  # type: ignore[no-untyped-def]
+    """The fp16 loss scaler's floor (1.0 when there is none)."""
+    opt = getattr(engine, "optimizer", None)
+    scaler = getattr(opt, "loss_scaler", None)
+    value = getattr(scaler, "min_scale", None)
     return float(value) if value else 1.0

@@ -17,8 +17,9 @@ from megatron_cogview.parallel.broadcast import broadcast_batch
 from megatron_cogview.parallel.grad_norm import grad_norm
 from megatron_cogview.parallel.state import ParallelState
 from megatron_cogview.training.checkpointing import Resumed, has_checkpoint, load_checkpoint, save_checkpoint
-from megatron_cogview.training.engine import loss_scale
+from megatron_cogview.training.engine import loss_scale, min_loss_scale
 from megatron_cogview.training.logger import TrainLogger
+from megatron_cogview.training.skips import SkipCounter, SkipGate, SkipKind, is_min_loss_scale_error
 
 
 class BatchSource(Protocol):
@@ -32,6 +33,10 @@ class BatchSource(Protocol):
 
 class TrainingAborted(ConfigError):
     """Training stopped on a condition the user must look at (e.g. repeated non-finite losses)."""
+
+
+class LossScaleAtMinimum(TrainingAborted):
+    """DeepSpeed's fp16 loss scale reached its minimum and gradients still overflow."""
 
 
 class StopSignal:
@@ -60,8 +65,12 @@ class Progress:
 
     iteration: int = 0
     consumed_samples: int = 0
-    skipped_steps: int = 0  # non-finite losses + fp16 overflows
-    consecutive_nonfinite: int = 0
+    skips: SkipCounter = field(default_factory=SkipCounter)  # non-finite losses and DeepSpeed overflow skips
+
+    @property
+    def skipped_steps(self) -> int:
+        """Skipped steps of any cause."""
+        return self.skips.total
 
 
 @dataclass
@@ -103,6 +112,7 @@ class Trainer:
         self.device = _device()
         self._resumed_from = 0  # keep-last-N never deletes a checkpoint at or after it that this run did not write
         self._written: set[int] = set()
+        self.gate: SkipGate = self.engine.lr_scheduler.gate  # create_engine shares it with the optimizer
         self._iter: Iterator[dict[str, Any]] | None = None
         self._valid_iter: Iterator[dict[str, Any]] | None = None
 
@@ -124,17 +134,29 @@ class Trainer:
         return broadcast_batch(batch, self.state, self.device)
 
     # ---- one step ---------------------------------------------------------------------------
-    def _agree(self, nonfinite: bool, stop: bool) -> tuple[bool, bool]:
-        flags = torch.tensor([float(nonfinite), float(stop)], device=self.device)
+    def _agree(self, nonfinite: torch.Tensor, stop: bool) -> tuple[bool, bool]:
+        """All ranks agree on (skip this step, stop now): one all-reduce and one host read per step."""
+        flags = torch.stack([nonfinite.to(self.device, torch.float32),
+                             torch.tensor(float(stop), device=self.device)])
         if self.state.world_size > 1:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        return bool(flags[0]), bool(flags[1])
+        skip, stop_now = flags.tolist()
+        return skip > 0, stop_now > 0
 
     def train_step(self, window: Window, stop: StopSignal) -> bool:
-        """One optimizer step (all micro-batches); returns True when a stop was requested."""
+        """One optimizer step (all micro-batches); returns True when a stop was requested.
+
+        A non-finite loss on any micro-batch of any rank skips the whole step on every rank: every
+        micro-batch still runs backward (DeepSpeed's ZeRO reduction stays in step), then engine.step()
+        runs with the gate closed, so parameters, optimizer state and LR schedule stay unchanged."""
         gas = self.train.gradient_accumulation_steps
-        skipped_before = self.engine.skipped_steps
-        all_finite, stop_now, norm = True, False, float("nan")
+        skipped_before, scale_before = self.engine.skipped_steps, loss_scale(self.engine)
+        upcoming = self.progress.iteration + 1
+        logs = upcoming % self.train.log_interval == 0 or upcoming == self.train.train_iters
+        finite: list[torch.Tensor] = []
+        keys: list[Any] = []
+        stats: list[torch.Tensor] = []
+        skip, stop_now, tokens = False, False, 0
         for micro in range(gas):
             batch = self._next_batch()
             if self.on_step is not None:
@@ -143,52 +165,84 @@ class Trainer:
                               loss_weights=batch["loss_weights"])
             weight = batch["loss_weights"].float().sum()
             loss = out.total / weight.clamp_min(1e-8)
-            nonfinite, stop_now = self._agree(not bool(torch.isfinite(loss)), stop.received is not None)
-            if nonfinite:
-                all_finite = False
-                self._report_nonfinite(batch)
-                if gas == 1:
-                    break  # no backward, no step: parameters, optimizer and LR schedule untouched
-                self.engine.step()  # a bad micro-batch is dropped from this step's accumulation
-                continue
+            finite.append(torch.isfinite(loss.detach()))
+            keys.append(batch.get("keys", []))
+            if micro == gas - 1:
+                skip, stop_now = self._agree(~torch.stack(finite).all(), stop.received is not None)
+                if skip and gas == 1:
+                    break  # nothing accumulated yet: no backward and no step at all
             self.engine.backward(loss)
-            if micro == gas - 1 and self.train.zero_stage == 0 and self.train.precision == "fp32":
-                norm = grad_norm(self.model.parameters(), self.state)  # grads are dp-averaged by now
-            self.engine.step()
             text = batch["text_label_mask"] & (batch["loss_weights"] > 0)
             image = ~batch["text_label_mask"] & (batch["loss_weights"] > 0)
-            ce = out.per_token
-            window.add(torch.stack([out.total.detach().float(), weight, (ce * text).sum(), text.sum().float(),
-                                    (ce * image).sum(), image.sum().float()]))
-            window.tokens += batch["tokens"].numel() * self.state.dp_size
+            ce = out.per_token.detach()
+            stats.append(torch.stack([out.total.detach().float(), weight, (ce * text).sum(), text.sum().float(),
+                                      (ce * image).sum(), image.sum().float()]))
+            tokens += batch["tokens"].numel() * self.state.dp_size
+            if micro == gas - 1 and logs and not skip and self.train.zero_stage == 0 and self.train.precision == "fp32":
+                self._norm = grad_norm(self.model.parameters(), self.state)  # grads are dp-averaged by now
+            self._engine_step(skip)
         self.progress.iteration += 1
         self.progress.consumed_samples += self.train.micro_batch_size * gas * self.state.dp_size
-        overflow = self.engine.skipped_steps - skipped_before
-        if not all_finite and gas == 1:
-            self.progress.skipped_steps += 1
-            self.progress.consecutive_nonfinite += 1
-            if self.progress.consecutive_nonfinite > self.train.max_consecutive_skips > 0:
-                raise TrainingAborted(
-                    f"{self.progress.consecutive_nonfinite} consecutive steps had a non-finite loss (last at iteration "
-                    f"{self.progress.iteration}); lower the learning rate, use bf16, or check the data"
-                )
+        kind: SkipKind | None = "nonfinite_loss" if skip else (
+            "overflow" if self.engine.skipped_steps > skipped_before else None)
+        # fp16: overflow skips while the loss scale calibrates are normal; they count toward the limit only
+        # once the scale sits at its minimum (DeepSpeed itself then stops the run, see _engine_step).
+        counts = kind != "overflow" or self.train.precision != "fp16" or scale_before <= min_loss_scale(self.engine)
+        self.progress.skips.record(kind, counts)
+        if kind is None:
+            for values in stats:
+                window.add(values)
+            window.tokens += tokens
+            if logs and not (self.train.zero_stage == 0 and self.train.precision == "fp32"):
+                self._norm = self._engine_norm()
         else:
-            self.progress.consecutive_nonfinite = 0
-            self.progress.skipped_steps += overflow
+            self._report_skip(kind, finite, keys)
         window.steps += 1
-        self._norm = norm if not math.isnan(norm) else self._engine_norm()
+        limit = self.train.max_consecutive_skips
+        if limit > 0 and self.progress.skips.consecutive > limit:
+            s = self.progress.skips
+            raise TrainingAborted(
+                f"{s.consecutive} consecutive steps were skipped (last at iteration {self.progress.iteration}; "
+                f"in all {s.nonfinite_loss} for a non-finite loss, {s.overflow} for non-finite gradients): lower the "
+                f"learning rate, use bf16 or PB-relax, or check the data (limit: --max-consecutive-skips {limit})")
         return stop_now
 
-    def _engine_norm(self) -> float:
-        value = self.engine.get_global_grad_norm()
-        return float(value) if value is not None else float("nan")
+    def _engine_step(self, skip: bool) -> None:
+        """engine.step() with the gate closed when the step must be skipped; DeepSpeed's fp16 minimum-scale
+        exception becomes LossScaleAtMinimum (run() saves a checkpoint before it propagates)."""
+        self.gate.skip = skip
+        try:
+            self.engine.step()
+        except Exception as e:  # DeepSpeed raises a bare Exception here
+            if not is_min_loss_scale_error(e):
+                raise
+            self.progress.iteration += 1
+            self.progress.consumed_samples += (self.train.micro_batch_size * self.train.gradient_accumulation_steps
+                                               * self.state.dp_size)
+            self.progress.skips.record("overflow")
+            raise LossScaleAtMinimum(
+                f"fp16 gradients still overflow at the minimum loss scale ({min_loss_scale(self.engine):g}) at "
+                f"iteration {self.progress.iteration}; resume from the checkpoint with --precision bf16, a lower --lr, "
+                "or PB-relax (--attention-kernel pb-relax --pb-relax-layernorm all)") from None
+        finally:
+            self.gate.skip = False
 
-    def _report_nonfinite(self, batch: dict[str, Any]) -> None:
-        if self.logger is not None:
-            keys = batch.get("keys", [])
-            shown = ", ".join(map(str, keys[:8])) + (" ..." if len(keys) > 8 else "")
-            self.logger.info(f"non-finite loss at iteration {self.progress.iteration + 1}: step skipped "
-                             f"(samples on rank 0: {shown})")
+    def _engine_norm(self) -> float | torch.Tensor:
+        value = self.engine.get_global_grad_norm()
+        return value if value is not None else float("nan")  # read on the host only when logged
+
+    def _report_skip(self, kind: SkipKind, finite: list[torch.Tensor], keys: list[Any]) -> None:
+        if self.logger is None or not self.logger.enabled:
+            return
+        it = self.progress.iteration
+        if kind == "overflow":
+            if self.train.precision != "fp16":  # fp16 calibration skips are DeepSpeed's to report
+                self.logger.info(f"iteration {it} skipped by DeepSpeed: non-finite gradients (the loss was finite)")
+            return
+        bad = [k for ok, micro_keys in zip(torch.stack(finite).tolist(), keys) if not ok for k in micro_keys]
+        shown = ", ".join(map(str, bad[:8])) + (" ..." if len(bad) > 8 else "")
+        where = f"samples on rank 0: {shown}" if bad else "on another rank"
+        self.logger.info(f"non-finite loss at iteration {it}: step skipped on every rank ({where})")
 
     # ---- logging, validation, checkpoints ------------------------------------------------------
     def _log(self, window: Window) -> None:
@@ -205,8 +259,10 @@ class Trainer:
             "text_loss": float(sums[2] / sums[3]) if sums[3] > 0 else float("nan"),
             "image_loss": float(sums[4] / sums[5]) if sums[5] > 0 else float("nan"),
             "loss_scale": loss_scale(self.engine),
-            "grad_norm": getattr(self, "_norm", float("nan")),
+            "grad_norm": float(getattr(self, "_norm", float("nan"))),
             "skipped_steps": self.progress.skipped_steps,
+            "skipped_nonfinite_loss": self.progress.skips.nonfinite_loss,
+            "skipped_overflow": self.progress.skips.overflow,
             "tokens_per_s": window.tokens / max(elapsed, 1e-9),
             "ms_per_step": ms,
             "eta_s": ms / 1000 * (self.train.train_iters - self.progress.iteration),
@@ -257,11 +313,12 @@ class Trainer:
         # Under one key: DeepSpeed keeps its own top-level keys (e.g. skipped_steps) out of the client state.
         client = {"iteration": p.iteration, "cogview_progress": {
             "iteration": p.iteration, "consumed_samples": p.consumed_samples, "skipped_steps": p.skipped_steps,
+            "skips": p.skips.state_dict(),
             "train_config": dict(self.train.__dict__), "tensor_parallel_size": self.state.tp_size}}
         rank_state = {
             "rng": self.model.rng.get_states(),
             "loader": self.source.state_dict() if self.source is not None else None,
-            "consecutive_nonfinite": p.consecutive_nonfinite,
+            "consecutive_skips": p.skips.consecutive,
         }
         meta = CheckpointMeta(model=self.meta.model, tensor_parallel_size=self.state.tp_size, iteration=p.iteration,
                               tokenizers=self.meta.tokenizers, extra=self.meta.extra)
@@ -279,9 +336,11 @@ class Trainer:
             return False
         r: Resumed = load_checkpoint(self.engine, self.train.load, self.state)
         c = r.client["cogview_progress"]
+        skips = SkipCounter.from_state(c.get("skips"), int(c["skipped_steps"]),
+                                       int(r.rank_state.get("consecutive_nonfinite", 0)))
+        skips.consecutive = int(r.rank_state.get("consecutive_skips", skips.consecutive))
         self.progress = Progress(iteration=int(c["iteration"]), consumed_samples=int(c["consumed_samples"]),
-                                 skipped_steps=int(c["skipped_steps"]),
-                                 consecutive_nonfinite=int(r.rank_state.get("consecutive_nonfinite", 0)))
+                                 skips=skips)
         self.model.rng.set_states(r.rank_state["rng"])
         if self.source is not None and r.rank_state.get("loader") is not None:
             self.source.load_state_dict(r.rank_state["loader"])
@@ -298,7 +357,13 @@ class Trainer:
         try:
             window = Window()
             while self.progress.iteration < self.train.train_iters:
-                stop_now = self.train_step(window, stop)
+                try:
+                    stop_now = self.train_step(window, stop)
+                except LossScaleAtMinimum as e:
+                    self.save()
+                    where = f"saved checkpoint {self.progress.iteration} to {self.train.save}" if self.train.save else (
+                        "nothing saved (no --save)")
+                    raise LossScaleAtMinimum(f"{e} ({where})") from None
                 it = self.progress.iteration
                 if self.logger is not None:
                     self.logger.advance()

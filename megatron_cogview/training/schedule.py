@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from megatron_cogview.config import TrainConfig
+from megatron_cogview.training.skips import SkipGate
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -25,11 +26,12 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 class LRSchedule:
-    """Sets the optimizer's lr; DeepSpeed calls step() only after updates that were applied
-    (an fp16 overflow or a skipped non-finite loss does not advance it)."""
+    """Sets the optimizer's lr; advances only after updates that were applied (DeepSpeed does not call
+    step() after an overflow, and the closed gate of a skipped non-finite loss makes step() a no-op)."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, gate: SkipGate | None = None) -> None:
         self.optimizer, self.cfg = optimizer, cfg
+        self.gate = gate or SkipGate()
         self.applied_steps = 0
         self._set(lr_at(0, cfg))
 
@@ -44,6 +46,8 @@ class LRSchedule:
         return self.get_lr()
 
     def step(self, *args: Any, **kwargs: Any) -> None:
+        if self.gate.skip:
+            return
         self.applied_steps += 1
         self._set(lr_at(self.applied_steps, self.cfg))
 

@@ -17,7 +17,9 @@ from tests.training.runner import ROOT, base_args, env, losses
 
 INJECT = str(ROOT / "tests" / "faults" / "inject.py")
 ITERS = 8
-SAVE_EVERY = ("--save-interval", "3", "--keep-last", "10")  # checkpoints 3, 6 and 8 in a full run
+# checkpoints 3, 6 and 8 in a full run; a small shuffle buffer opens the shards one after another
+COMMON = ("--save-interval", "3", "--keep-last", "10", "--shuffle-buffer", "16")
+DP2 = ("--micro-batch-size", "4")  # with nproc=2: the same global batch on two data-parallel ranks
 
 
 def command(args: list[str], nproc: int = 1) -> list[str]:
@@ -37,7 +39,7 @@ def fault_env(fault: dict | None) -> dict[str, str]:
 def launch(data: str, save: Path, *extra: str, fault: dict | None = None, nproc: int = 1, iters: int = ITERS,
            load: bool = True, timeout: float = 240) -> subprocess.CompletedProcess:
     """One run of the tiny model (resuming from `save` when `load`), with an optional fault."""
-    args = base_args(data, str(save), iters, *SAVE_EVERY, *extra) + (["--load", str(save)] if load else [])
+    args = base_args(data, str(save), iters, *COMMON, *extra) + (["--load", str(save)] if load else [])
     return subprocess.run(command(args, nproc), env=fault_env(fault), capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
 

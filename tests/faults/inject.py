@@ -2,10 +2,12 @@
 
 COGVIEW_FAULT is JSON: {"kind": ..., "iteration": N, "rank": R}. Kinds:
   kill_step      SIGKILL rank R when it starts step N (its peers are then inside a collective)
+  hang_step      SIGSTOP rank R when it starts step N (a hung peer: only the process-group timeout ends the wait)
   enospc_save    every file write of checkpoint N writes a few bytes, then raises ENOSPC (disk full)
   kill_in_save   SIGKILL rank R after the first file of checkpoint N is written
   sigterm_in_save  SIGTERM to rank R after the first file of checkpoint N is written
-  delete_shard   delete the file named by "path" when step N starts
+  delete_shards  delete every .tar shard in the folder "path" when step N starts (open ones stay readable)
+With "stamp": a file path, the time (time.time()) just before a kill or stop is written there.
 The faults are injected by wrapping functions from outside; the library has no fault hooks of its own.
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +42,13 @@ def install(spec: dict[str, Any]) -> None:
 
     def train_step(self: Trainer, *args: Any) -> bool:
         if self.progress.iteration + 1 == target:
-            if kind == "kill_step" and _rank() == rank:
-                os.kill(os.getpid(), signal.SIGKILL)
-            if kind == "delete_shard" and _rank() == 0 and os.path.exists(spec["path"]):
-                os.remove(spec["path"])
+            if kind in ("kill_step", "hang_step") and _rank() == rank:
+                if spec.get("stamp"):
+                    Path(spec["stamp"]).write_text(repr(time.time()))
+                os.kill(os.getpid(), signal.SIGKILL if kind == "kill_step" else signal.SIGSTOP)
+            if kind == "delete_shards" and _rank() == 0:
+                for shard in Path(spec["path"]).glob("*.tar"):
+                    shard.unlink()
         return step(self, *args)
 
     def trainer_save(self: Trainer) -> None:

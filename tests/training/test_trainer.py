@@ -52,9 +52,9 @@ def _nonfinite_skip(rank: int, world: int, data: str, save: str) -> None:
     assert trainer.progress.iteration == 3
     trainer.train_step(window, stop)  # a good step updates again
     assert not all(torch.equal(a, p) for a, p in zip(before, trainer.model.parameters()))
-    assert trainer.progress.consecutive_nonfinite == 0
+    assert trainer.progress.skips.consecutive == 0
     poisoned.update({4, 5, 6})
-    with pytest.raises(TrainingAborted, match="3 consecutive steps had a non-finite loss"):
+    with pytest.raises(TrainingAborted, match="3 consecutive steps were skipped"):
         for _ in range(3):
             trainer.train_step(window, stop)
 
