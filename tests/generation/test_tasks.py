@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -85,8 +86,15 @@ def test_text_to_image_writes_pngs_grid_and_jsonl(tokenizer, models, tmp_path: P
     again = text_to_image(gen, tokenizer, [CAPTIONS[0]], 2, config.replace(max_inference_batch_size=1),
                           tmp_path / "again", log=logs.append)
     assert [r["seed"] for r in again] == [sample_seed(5, "0001", j) for j in range(2)]
-    first = Image.open(tmp_path / "again" / "0001" / "000.png")
-    assert first.size == (32, 32)
+    batched = text_to_image(gen, tokenizer, [CAPTIONS[0], CAPTIONS[1]], 2, config, tmp_path / "batched",
+                            log=logs.append)  # 4 samples in one batch of 4
+    assert [r["seed"] for r in batched[:2]] == [r["seed"] for r in again]
+    for j in range(2):
+        alone = np.asarray(Image.open(tmp_path / "again" / "0001" / f"00{j}.png"))
+        in_batch = np.asarray(Image.open(tmp_path / "batched" / "0001" / f"00{j}.png"))
+        assert alone.shape == (32, 32, 3) and np.array_equal(alone, in_batch), j
+    other = np.asarray(Image.open(tmp_path / "batched" / "0002" / "001.png"))
+    assert not np.array_equal(other, in_batch)  # another prompt and seed: another image
 
 
 def test_post_selection_orders_samples_by_caption_loss(tokenizer, models, tmp_path: Path) -> None:

@@ -113,7 +113,15 @@ def test_data_sources(tmp_path: Path, shapes_dir: Path) -> None:
     with pytest.raises(TokenizationError, match="compressed"):
         (tmp_path / "x.tar.gz").write_bytes(b"")
         find_images([str(tmp_path / "x.tar.gz")])
-    assert shards
+    # every tar source points at its member's bytes (read back with the standard library)
+    assert sorted({s.path for s in sources}) == [str(p) for p in shards]
+    for s in sources:
+        with tarfile.open(s.path) as tar:
+            member = next(m for m in tar.getmembers() if m.offset_data == s.offset)
+            expect = tar.extractfile(member).read()
+        with open(s.path, "rb") as f:
+            f.seek(s.offset)
+            assert member.name.endswith((".jpg", ".png")) and f.read(s.size) == expect
 
 
 def test_broken_image_is_skipped(tmp_path: Path, shapes_dir: Path) -> None:
