@@ -199,6 +199,10 @@ def test_bad_inputs_are_one_line_exit_2(release: dict, tmp_path: Path, capsys: p
     assert _cli("convert", "--from", "cogview-original", "--load", str(broken), "--preset", "tiny",
                 "--save", str(tmp_path / "b")) == 2
     _one_line(capsys, "missing ['transformer.layers.1.fourth_layernorm.bias']")
+    vq = write_release(tmp_path / "vq", torch.load(release["root"] / "vqvae_hard_biggerset_011.pt"))  # type: ignore[operator]
+    assert _cli("convert", "--from", "cogview-original", "--load", str(vq), "--preset", "tiny",
+                "--save", str(tmp_path / "f")) == 2  # the VQ-VAE file where a transformer belongs
+    _one_line(capsys, "is not a CogView transformer checkpoint")
     assert _cli("convert", "--from", "cogview-original", "--load", str(release["root"]), "--preset", "tiny",
                 "--save", str(tmp_path / "c")) == 2  # the release root itself: no tracker file
     _one_line(capsys, "not a checkpoint directory")
@@ -206,4 +210,4 @@ def test_bad_inputs_are_one_line_exit_2(release: dict, tmp_path: Path, capsys: p
     _one_line(capsys, "pass both --text-tokenizer and --image-tokenizer")
     assert _cli("convert", "--load", str(release["dirs"]["base"]), "--task", "superres", "--save", str(tmp_path / "e")) == 2
     _one_line(capsys, "only apply with --from cogview-original")
-    assert not any((tmp_path / n).exists() for n in "abcde")
+    assert not any((tmp_path / n).exists() for n in "abcdef")
