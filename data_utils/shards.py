@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -42,11 +43,14 @@ def _npy_load(data: bytes) -> np.ndarray:
     if data[:8] == _NPY_MAGIC and len(data) >= 10:
         end = 10 + int.from_bytes(data[8:10], "little")
         parsed = _npy_headers.get(data[:end])
-        if parsed is None and len(_npy_headers) < 64:
+        if parsed is None:
             parsed = _parse_npy_header(data[:end])
         if parsed is not None and len(data) >= end + parsed[2] * parsed[0].itemsize:
             return np.frombuffer(data, parsed[0], parsed[2], end).reshape(parsed[1])
-    return np.load(io.BytesIO(data), allow_pickle=False)
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as e:  # EOFError, TypeError, SyntaxError, ...: callers handle one error type
+        raise ValueError(f"not a readable .npy array ({type(e).__name__}: {e})") from e
 
 
 def _parse_npy_header(header: bytes) -> tuple[np.dtype, tuple[int, ...], int] | None:
@@ -55,12 +59,15 @@ def _parse_npy_header(header: bytes) -> tuple[np.dtype, tuple[int, ...], int] | 
         stream = io.BytesIO(header)
         np.lib.format.read_magic(stream)
         shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
-    except ValueError:
+    except Exception:  # ValueError, SyntaxError, TypeError, ...: np.load decides
         return None
-    if fortran or dtype.hasobject or stream.tell() != len(header):
+    if fortran or dtype.hasobject or dtype.itemsize == 0 or stream.tell() != len(header):
         return None
-    parsed = (dtype, tuple(shape), int(np.prod(shape, dtype=np.int64)))
-    _npy_headers[header] = parsed
+    if not all(type(n) is int and n >= 0 for n in shape):
+        return None
+    parsed = (dtype, tuple(shape), math.prod(shape))
+    if len(_npy_headers) < 64:
+        _npy_headers[header] = parsed
     return parsed
 
 

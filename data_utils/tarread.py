@@ -6,7 +6,8 @@ a bad header checksum, a cut, a member that runs past the end of the file, a lon
 data or a corrupt compressed stream raises TarFault naming the offset. The end of the archive is decided
 where reading stops (a zero block there, followed by a second one or by the end of the file); bytes after a
 proper end are ignored. Work is linear in the file size (the compressed size times the expansion for
-compressed files): a member's size is checked against the file's size before anything is read.
+compressed files, whose stream is verified in a first pass before anything is yielded): a member's size is
+checked against the file's size before it is read.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import gzip
 import lzma
 import os
 import re
+import zlib
 from typing import BinaryIO, Callable, Iterator
 
 BLOCK = 512
@@ -37,21 +39,31 @@ class TarFault(ValueError):
 def read_tar(path: str, want: Callable[[str], bool]) -> Iterator[tuple[str, bytes]]:
     """(name, bytes) of every regular file of the tar at `path` for which want(name) is true, in order."""
     with open(path, "rb", buffering=1 << 20) as raw:
-        magic = raw.read(10)
+        opener = _decompressor(raw.read(10))
         raw.seek(0)
-        if magic.startswith(b"\x1f\x8b\x08"):
-            compressed: BinaryIO | None = gzip.GzipFile(fileobj=raw, mode="rb")
-        elif magic[0:3] == b"BZh" and magic[4:10] == b"1AY&SY":
-            compressed = bz2.BZ2File(raw, "rb")
-        elif magic.startswith((b"\x5d\x00\x00\x80", b"\xfd7zXZ")):
-            compressed = lzma.LZMAFile(raw, "rb")
-        else:
-            compressed = None
-        if compressed is None:
+        if opener is None:
             yield from _Reader(raw, os.fstat(raw.fileno()).st_size).members(want)
             return
-        with compressed:
-            yield from _Reader(compressed, None).members(want)
+        try:  # a compressed stream's checksum is at its end: verify it before anything is yielded
+            with opener(raw) as stream:
+                while stream.read(_CHUNK):
+                    pass
+        except (EOFError, OSError, zlib.error, lzma.LZMAError) as e:
+            raise TarFault(f"the compressed stream is corrupt or cut short ({type(e).__name__}: {e})") from e
+        raw.seek(0)
+        with opener(raw) as stream:
+            yield from _Reader(stream, None).members(want)
+
+
+def _decompressor(magic: bytes) -> Callable[[BinaryIO], BinaryIO] | None:
+    """The reader of a gzip, bzip2 or xz/lzma stream (detected as tarfile's "r|*" does), None for a plain tar."""
+    if magic.startswith(b"\x1f\x8b\x08"):
+        return lambda f: gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
+    if magic[0:3] == b"BZh" and magic[4:10] == b"1AY&SY":
+        return lambda f: bz2.BZ2File(f, "rb")  # type: ignore[return-value]
+    if magic.startswith((b"\x5d\x00\x00\x80", b"\xfd7zXZ")):
+        return lambda f: lzma.LZMAFile(f, "rb")  # type: ignore[return-value]
+    return None
 
 
 class _Reader:
@@ -178,9 +190,6 @@ class _Reader:
         after = self.f.read(BLOCK)
         if after.count(0) != len(after):
             raise TarFault(f"a lone zero block at offset {at} is followed by data (a wiped header or a corrupt tar)")
-        if self.size is None:  # read a compressed stream to its end: its checksum and length are verified there
-            while self.f.read(_CHUNK):
-                pass
 
 
 def _number(field: bytes) -> int:

@@ -193,3 +193,23 @@ def test_faults_name_the_offset_and_the_open_sample(tmp_path):
     data = _archive(tmp_path)
     got, err = _read(tmp_path, data[:4300])  # inside c's data: b is the sample still open
     assert err is not None and "offset 3584" in str(err) and err.key == "b" and os.path.basename(err.path) == "x.tar"
+
+
+def test_preprocess_inputs_report_a_damaged_img2dataset_tar(tmp_path):
+    """`cogview preprocess` has no manifest to compare against: the damage must reach it as an error item."""
+    from data_utils.sources import iter_inputs
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:  # img2dataset's layout: KEY.jpg + KEY.txt
+        for key in ("000", "001", "002"):
+            for ext, body in (("jpg", b"\xff\xd8 not decoded here"), ("txt", f"caption {key}".encode())):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(body)
+                tf.addfile(info, io.BytesIO(body))
+    data = bytearray(buf.getvalue())
+    data[4096 + 3] ^= 4  # the header of 002.jpg (each member: one header block + one data block)
+    (tmp_path / "pairs.tar").write_bytes(bytes(data))
+    items = list(iter_inputs([str(tmp_path / "pairs.tar")]))
+    assert [i.key for i in items] == ["000", "001_broken"]  # 001 may have had more files: reported, not used
+    assert items[0].error is None and items[0].caption == "caption 000"
+    assert "offset 4096" in str(items[1].error)
