@@ -18,6 +18,25 @@ from megatron_cogview.parallel.mappings import Group, group_rank, group_size
 DEFAULT_CHUNK_ELEMENTS = 1 << 26  # logits elements per chunk (256 MiB in fp32; still no [tokens, vocab] tensor kept)
 
 
+def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b with an fp32 result: half-precision inputs keep tensor-core speed on CUDA (out_dtype)."""
+    if a.dtype == torch.float32:
+        return torch.mm(a, b)
+    if a.is_cuda:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return torch.mm(a.float(), b.float())  # CPU has no mixed-dtype mm
+
+
+def _grad_scale(loss_weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A power of two S with max|w| * S near the top of `dtype`'s range: d(logits) = w * (softmax - onehot)
+    is bounded by |w|, so S * d cannot overflow, and softmax values far below the smallest normal number
+    (1/vocab at vocab 58,240 is below fp16's 6.1e-5) keep their precision. S = 1 outside fp16."""
+    if dtype != torch.float16:  # bf16 has fp32's exponent range
+        return torch.ones((), device=loss_weights.device)
+    w_max = loss_weights.abs().max().clamp_min(1e-30)
+    return torch.exp2(torch.floor(torch.log2(2.0**14 / w_max)))  # stays on the device: no host sync
+
+
 def _all_reduce(x: torch.Tensor, group: Group, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> None:
     if group_size(group) > 1:
         dist.all_reduce(x, op=op, group=group)
@@ -41,6 +60,7 @@ class _FusedLMLoss(torch.autograd.Function):
         losses = torch.empty(n, dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if with_grads else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if with_grads else None
+        scale = _grad_scale(loss_weights, weight.dtype) if with_grads else None
         for i in range(0, n, chunk):
             h = hidden[i : i + chunk]  # [c, h]
             y = labels[i : i + chunk]
@@ -59,15 +79,19 @@ class _FusedLMLoss(torch.autograd.Function):
             if with_grads:
                 # d(w * CE)/d logits = w * softmax - w * onehot(y), on this rank's vocab slice: one pass
                 # scales exp(logits) by w / sum_exp, then -w lands on the target column.
-                w = loss_weights[i : i + chunk]
+                # Half precision: scaled by the power of two S before the cast, divided out in fp32.
+                w = loss_weights[i : i + chunk] * scale
                 probs.mul_((w / sum_exp).unsqueeze(-1))
                 probs.scatter_add_(-1, local_y.unsqueeze(-1), -(w * (~outside).to(w.dtype)).unsqueeze(-1))
                 d = probs.to(weight.dtype)
-                grad_hidden[i : i + chunk] = torch.matmul(d, weight)  # [c, h]; summed over tp by copy_to_region
                 if d.dtype == torch.float32:
+                    grad_hidden[i : i + chunk] = torch.matmul(d, weight)  # [c, h]; summed over tp by copy_to_region
                     grad_weight.addmm_(d.t(), h)  # [V/tp, h], accumulated in place
                 else:
-                    grad_weight.add_(torch.matmul(d.t(), h).float())
+                    grad_hidden[i : i + chunk] = _mm_fp32(d, weight).div_(scale)  # cast to hidden's dtype
+                    grad_weight.add_(_mm_fp32(d.t(), h))  # fp32 accumulation over chunks; S divided out once
+        if with_grads and weight.dtype != torch.float32:
+            grad_weight.div_(scale)
         total = (losses * loss_weights).sum()
         ctx.mark_non_differentiable(losses)
         if with_grads:

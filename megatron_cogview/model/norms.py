@@ -31,8 +31,11 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pb_relax:
-            row_max = x.detach().abs().amax(dim=-1, keepdim=True)  # [b, s, 1]
-            x = x * (self.target_max / row_max.clamp_min(1e-6))
+            # The scale in fp32: in fp16, target / a row max below ~1.2e-4 overflows to inf (and rounds).
+            wide = torch.promote_types(x.dtype, torch.float32)
+            row_max = x.detach().abs().amax(dim=-1, keepdim=True).to(wide)  # [b, s, 1]
+            scale = self.target_max / row_max.clamp_min(1e-6)
+            x = x * scale if x.dtype == wide else (x.to(wide) * scale).to(x.dtype)
         device = x.device.type
         if torch.is_autocast_enabled(device):
             # Mixed precision: autocast would run LayerNorm in fp32 and hand the next matmul an fp32 tensor to

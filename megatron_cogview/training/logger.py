@@ -83,7 +83,8 @@ class TrainLogger:
             f"image loss {v['image_loss']:.4f}",
             f"loss scale {v['loss_scale']:.1f}",
             f"grad norm {v['grad_norm']:.3f}",
-            f"skipped {v['skipped_steps']}",
+            f"skipped {v['skipped_steps']} (non-finite loss {v.get('skipped_nonfinite_loss', 0)}, "
+            f"overflow {v.get('skipped_overflow', 0)})",
             f"tokens/s {v['tokens_per_s']:.0f}",
             f"ms/step {v['ms_per_step']:.1f}",
             f"ETA {_fmt_eta(v['eta_s'])}",
