@@ -77,7 +77,17 @@ def read_prompts(path: str | Path) -> PromptFile:
     p = Path(path)
     if not p.is_file():
         raise PromptFileError(f"prompt file {str(p)!r} does not exist; pass a text file with one prompt per line")
-    result = parse_prompts(p.read_bytes().splitlines(), p.name)
+    data = p.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise PromptFileError(f"prompt file {str(p)!r} is not UTF-8 text (invalid byte at line {line}, offset "
+                              f"{e.start}); save it as UTF-8 with one prompt per line") from None
+    if "\x00" in text:
+        raise PromptFileError(f"prompt file {str(p)!r} holds NUL bytes: it is a binary file, not text with one prompt "
+                              "per line")
+    result = parse_prompts(text.splitlines(), p.name)
     if not result.prompts:
         why = f" (first problem: {result.problems[0]})" if result.problems else " (it is empty)"
         raise PromptFileError(f"prompt file {str(p)!r} holds no usable prompt{why}")

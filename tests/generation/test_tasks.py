@@ -63,6 +63,20 @@ def test_prompt_file_parsing(tmp_path: Path) -> None:
     assert isinstance(e.value, ConfigError)
 
 
+def test_prompt_file_that_is_not_utf8_text_is_refused(tmp_path: Path) -> None:
+    noise = tmp_path / "noise.bin"
+    noise.write_bytes(b"a cat\n" + bytes(range(256)) * 4)  # byte 10 is a newline: the bad byte 0x80 sits on line 3
+    with pytest.raises(PromptFileError, match=r"is not UTF-8 text \(invalid byte at line 3, offset 134\)"):
+        read_prompts(noise)
+    binary = tmp_path / "nul.bin"
+    binary.write_bytes(b"a cat\x00\x01\x02\n")  # valid UTF-8, but binary
+    with pytest.raises(PromptFileError, match="NUL bytes"):
+        read_prompts(binary)
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes("\ufeffun chat rouge\r\nsecond\n".encode("utf-8"))  # BOM and CRLF are fine
+    assert [q.text for q in read_prompts(bom).prompts] == ["un chat rouge", "second"]
+
+
 def test_text_to_image_writes_pngs_grid_and_jsonl(tokenizer, models, tmp_path: Path) -> None:
     gen, _ = models
     prompts = tmp_path / "prompts.txt"
