@@ -10,8 +10,6 @@ Optimizer state is dropped (it is laid out for the old parallel layout), except 
 from __future__ import annotations
 
 import contextlib
-import io
-import importlib
 import os
 import shutil
 from dataclasses import replace
@@ -30,6 +28,7 @@ from megatron_cogview.checkpoint.layout import (
 )
 from megatron_cogview.checkpoint.reshard import SplitRule, check_target_tp, expected_shapes, reslice, target_vocab_size
 from megatron_cogview.checkpoint.source import Log, MappedShards, Source, check_module, load_checkpoint_file, rank_files, stderr_log
+from megatron_cogview.checkpoint.zero import all_optimizer_files, gather_fp32
 from megatron_cogview.config import ModelConfig
 
 # ---- output directory handling ----------------------------------------------------------------------
@@ -143,7 +142,13 @@ def reshard_rank(
 def reshard(
     source: Source, save: str | Path, target_tp: int | None = None, log: Log = stderr_log
 ) -> CheckpointMeta:
-    """Convert `source` to tensor-parallel size target_tp (default: unchanged) as a new checkpoint at `save`."""
+    """Convert `source` to tensor-parallel size target_tp (default: unchanged) as a new checkpoint at `save`.
+
+    A ZeRO-3 checkpoint holds its weights only in the optimizer shards, so it is consolidated (fp32) instead.
+    """
+    if source.partitioned:
+        log(f"{source.load} is a ZeRO-3 checkpoint: gathering its partitioned parameters (fp32)")
+        return consolidate(source, save, target_tp=target_tp, log=log)
     tp = source.tp_size if target_tp is None else target_tp
     target_config(source, tp)  # fail on a bad tp before creating anything
     with staged_dir(save) as out:
@@ -151,45 +156,9 @@ def reshard(
 
 
 # ---- ZeRO consolidation ---------------------------------------------------------------------------
-def _zero_to_fp32() -> Any:
-    """deepspeed.utils.zero_to_fp32, imported lazily (deepspeed is imported by the training engine only)."""
-    try:
-        return importlib.import_module("deepspeed.utils.zero_to_fp32")
-    except ImportError as e:
-        raise CheckpointError(f"--consolidate needs DeepSpeed installed ({e})") from None
-
-
-def _rank_view(src_dir: Path, view: Path, tag: str, tp_rank: int) -> None:
-    """A directory `view/<tag>/` of symlinks to tp rank `tp_rank`'s model and ZeRO optimizer files only."""
-    d = view / tag
-    d.mkdir(parents=True)
-    suffix = f"mp_rank_{tp_rank:02d}_"
-    linked = 0
-    for p in src_dir.iterdir():
-        if p.name.startswith(suffix) and p.name.endswith("_model_states.pt") or (
-            p.name.startswith("zero_pp_rank_") and f"_{suffix}" in p.name and p.name.endswith("_optim_states.pt")
-        ):
-            os.symlink(p.absolute(), d / p.name)
-            linked += p.name.endswith("_optim_states.pt")
-    if not linked:
-        raise CheckpointError(f"{src_dir} holds no ZeRO optimizer shards (zero_pp_rank_*_{suffix}optim_states.pt) "
-                              "to consolidate: it is not a ZeRO checkpoint, convert it without --consolidate")
-
-
-def consolidated_rank(source: Source, tp_rank: int, scratch: Path) -> dict[str, torch.Tensor]:
-    """Full fp32 weights of one tp rank, merged over data-parallel ZeRO shards by DeepSpeed's own utility."""
-    z2f = _zero_to_fp32()
-    tag = str(source.iteration)
-    view = scratch / f"rank{tp_rank}"
-    _rank_view(iteration_dir(source.load, tag), view, tag, tp_rank)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # the utility prints progress to stdout
-            lazy = z2f.get_fp32_state_dict_from_zero_checkpoint(str(view), tag=tag, lazy_mode=True)
-        return {name: t.contiguous().clone() for name, t in lazy.items()}
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        raise CheckpointError(f"cannot consolidate tp rank {tp_rank} of {source.load}: {e}") from None
-    finally:
-        shutil.rmtree(view, ignore_errors=True)
+def consolidated_rank(source: Source, tp_rank: int) -> dict[str, torch.Tensor]:
+    """Full fp32 weights of one tp rank, merged over data-parallel ZeRO shards by DeepSpeed's own reader."""
+    return gather_fp32(iteration_dir(source.load, source.iteration), tp_rank, trust_pickle=source.trust_pickle)
 
 
 def consolidate(
@@ -205,17 +174,21 @@ def consolidate(
     target_config(source, tp)
     if keep_optimizer and tp != source.tp_size:
         raise CheckpointError("--keep-optimizer needs an unchanged tp size: ZeRO optimizer shards cannot be resharded")
+    if keep_optimizer and source.partitioned:
+        raise CheckpointError("--keep-optimizer does not apply to a ZeRO-3 checkpoint (its optimizer shards only fit "
+                              "its partitioned model files); resume ZeRO-3 training from the original, drop the flag")
     shapes = source.shapes()
     with staged_dir(save) as out:
         stage = out if tp == source.tp_size else out / ".fp32"
         meta = replace(source.meta, extra={**source.meta.extra, "consolidated_from": str(source.load)})
         for rank in range(source.tp_size):
-            module = consolidated_rank(source, rank, out)
+            module = consolidated_rank(source, rank)
             check_module(module, shapes, source.files[rank])
+            module = {name: module[name] for name in shapes}  # the model's order, not the optimizer groups'
             nbytes = save_rank(model_states_file(stage, source.iteration, rank), module, meta, source.iteration)
             log(f"consolidated tp rank {rank + 1}/{source.tp_size} ({nbytes / 2**20:.1f} MiB fp32, verified)")
         if keep_optimizer:
-            for p in sorted(iteration_dir(source.load, source.iteration).glob("zero_pp_rank_*_optim_states.pt")):
+            for p in all_optimizer_files(iteration_dir(source.load, source.iteration)):
                 shutil.copy2(p, iteration_dir(stage, source.iteration) / p.name)
         _finish(stage, meta)
         if stage is out:

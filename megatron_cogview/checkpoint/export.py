@@ -114,6 +114,9 @@ def _copy_tokenizers(value: Any, key: str, base: Path, out: Path, copied: dict[s
 
 def export_safetensors(source: Source, save: str | Path, log: Log = stderr_log) -> Path:
     """Export `source` as <save>/model.safetensors + config.json (+ tokenizer files); returns <save>."""
+    if source.partitioned:
+        raise CheckpointError(f"{source.load} is a ZeRO-3 checkpoint (weights only in the optimizer shards): "
+                              "export it with `cogview convert --export safetensors`, which consolidates it first")
     config = target_config(source, 1)
     with staged_dir(save) as out:
         crcs = write_safetensors(source, out / WEIGHTS_FILE, config, log)

@@ -6,7 +6,9 @@
   <iteration>/
     mp_rank_XX_model_states.pt         {"module": state dict of tp rank XX (original CogView names),
                                         "iteration": int, "cogview": CheckpointMeta dict, ...DeepSpeed keys}
-    zero_pp_rank_D_mp_rank_XX_optim_states.pt   (DeepSpeed ZeRO optimizer shards, when present)
+    zero_pp_rank_D_mp_rank_XX_optim_states.pt   (DeepSpeed ZeRO optimizer shards, when present; "bf16_" prefix in bf16)
+    zero_pp_rank_D_mp_rank_XX_model_states.pt   (ZeRO-3 only, instead of mp_rank_XX: parameters partitioned over
+                                                 dp ranks; read through checkpoint/zero.py)
     cogview_meta.json                  the CheckpointMeta, readable without torch
 Tracker files are written last and atomically (temp file + rename), so they only ever name a
 complete checkpoint directory.
@@ -63,6 +65,17 @@ def model_states_file(save: str | Path, iteration: int | str, tp_rank: int) -> P
     return iteration_dir(save, iteration) / f"mp_rank_{tp_rank:02d}_model_states.pt"
 
 
+def describe_dir(directory: str | Path, limit: int = 8) -> str:
+    """The file names in `directory`, sorted and shortened, for error messages about missing files."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return f"{str(directory)!r} does not exist"
+    names = sorted(p.name for p in directory.iterdir())
+    if not names:
+        return "nothing, the directory is empty"
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} files)" if len(names) > limit else "")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write text to path via a temporary file and an atomic rename (fsynced)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -108,5 +121,6 @@ def read_meta(load: str | Path, iteration: int | None = None) -> tuple[int, Chec
     it = read_latest(load) if iteration is None else iteration
     path = iteration_dir(load, it) / META_FILE
     if not path.is_file():
-        raise CheckpointError(f"{path} is missing: the checkpoint is incomplete or was not written by megatron-cogview")
+        raise CheckpointError(f"{path} is missing: the checkpoint is incomplete or was not written by megatron-cogview "
+                              f"(found: {describe_dir(path.parent)})")
     return it, CheckpointMeta.from_dict(json.loads(path.read_text(encoding="utf-8")))

@@ -1,24 +1,54 @@
-"""Load a saved CogView model for inference or fine-tuning, without DeepSpeed."""
+"""Load a saved CogView model for inference or fine-tuning, without DeepSpeed (except to read ZeRO-3 shards)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from megatron_cogview.checkpoint.layout import CheckpointError, CheckpointMeta, model_states_file, read_meta
+from megatron_cogview.checkpoint.layout import (
+    CheckpointError,
+    CheckpointMeta,
+    describe_dir,
+    iteration_dir,
+    model_states_file,
+    read_meta,
+)
+from megatron_cogview.checkpoint.zero import gather_fp32, is_zero3
 from megatron_cogview.model import CogViewModel
 from megatron_cogview.parallel.state import ParallelState
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def load_states(path: Path) -> dict[str, Any]:
     """torch.load with weights_only=True (tensors and plain values only), with a clear error."""
     if not path.is_file():
-        raise CheckpointError(f"{path} is missing: the checkpoint is incomplete")
+        raise CheckpointError(f"{path} is missing: the checkpoint is incomplete (found: {describe_dir(path.parent)})")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a pickle that needs arbitrary code, or a damaged file
         raise CheckpointError(f"cannot load {path} safely (weights_only=True): {str(e).splitlines()[0]}") from None
+
+
+def read_module(
+    load: str | Path, iteration: int, tp_rank: int, *, log: Callable[[str], None] = _stderr
+) -> dict[str, torch.Tensor]:
+    """Tp rank `tp_rank`'s weights; a ZeRO-3 checkpoint is consolidated on the fly (fp32, logged)."""
+    directory = iteration_dir(load, iteration)
+    path = model_states_file(load, iteration, tp_rank)
+    if not path.is_file() and is_zero3(directory):
+        log(f"{load} is a ZeRO-3 checkpoint (parameters partitioned over data-parallel ranks): consolidating it "
+            f"in memory; for repeated use convert it once: cogview convert --load {load} --save NEW_DIR --consolidate")
+        return gather_fp32(directory, tp_rank)
+    states = load_states(path)
+    module = states.get("module", states)
+    if module and all(k.startswith("module.") for k in module):
+        module = {k[len("module."):]: v for k, v in module.items()}
+    return module
 
 
 def load_model(
@@ -28,6 +58,7 @@ def load_model(
     iteration: int | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    log: Callable[[str], None] = _stderr,
 ) -> tuple[CogViewModel, CheckpointMeta]:
     """Build the model a checkpoint describes and load this tp rank's weights into it."""
     it, meta = read_meta(load, iteration)
@@ -38,8 +69,7 @@ def load_model(
             f"--target-tp {state.tp_size}"
         )
     model = CogViewModel(meta.model_config(), state, device=device, dtype=dtype)
-    states = load_states(model_states_file(load, it, state.tp_rank))
-    module = states.get("module", states)
+    module = read_module(load, it, state.tp_rank, log=log)
     missing, unexpected = model.load_state_dict(module, strict=False)
     if missing or unexpected:
         raise CheckpointError(

@@ -14,11 +14,13 @@ from megatron_cogview.checkpoint.layout import (
     META_FILE,
     CheckpointError,
     CheckpointMeta,
+    describe_dir,
     iteration_dir,
     read_latest,
     read_meta,
 )
 from megatron_cogview.checkpoint.reshard import SplitRule, expected_shapes
+from megatron_cogview.checkpoint.zero import ZERO3_MODEL, is_zero3
 from megatron_cogview.config import ModelConfig
 
 Log = Callable[[str], None]
@@ -77,15 +79,28 @@ def load_checkpoint_file(path: Path, *, trust_pickle: bool = False, mmap: bool =
 
 
 def rank_files(directory: Path, pattern: re.Pattern[str] = _RANK_FILE) -> list[Path]:
-    """mp_rank_XX_model_states.pt files of one checkpoint directory, in rank order (ranks 0..N-1 all present)."""
+    """Model-state files of one checkpoint directory, one per tp rank in rank order (ranks 0..N-1 all present).
+
+    A ZeRO-3 checkpoint has no mp_rank_XX files; its files are then the dp-rank-0 ZeRO-3 model states of
+    each tp rank (placeholders: the weights are read with checkpoint.zero.gather_fp32).
+    """
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint directory {str(directory)!r} does not exist")
     found = {int(m.group(1)): directory / p for p in directory.iterdir() if (m := pattern.match(p.name))}
+    if not found and pattern is _RANK_FILE:
+        found = {int(m.group(2)): directory / p for p in directory.iterdir()
+                 if (m := ZERO3_MODEL.match(p.name)) and m.group(1) == "0"}
+        if not found and is_zero3(directory):
+            raise CheckpointError(f"{directory} lacks the ZeRO-3 model states of data-parallel rank 0: the "
+                                  f"checkpoint is incomplete (found: {describe_dir(directory)})")
     if not found:
-        raise CheckpointError(f"no mp_rank_XX_model_states.pt files in {str(directory)!r}")
+        raise CheckpointError(f"no mp_rank_XX_model_states.pt (or ZeRO-3 zero_pp_rank_D_mp_rank_XX_model_states.pt) "
+                              f"files in {str(directory)!r} (found: {describe_dir(directory)})")
     missing = [r for r in range(max(found) + 1) if r not in found]
     if missing:
-        raise CheckpointError(f"{str(directory)!r} lacks the model states of tp rank(s) {missing}: incomplete checkpoint")
+        template = found[min(found)].name
+        names = ", ".join(re.sub(r"mp_rank_\d+", f"mp_rank_{r:02d}", template) for r in missing)
+        raise CheckpointError(f"{directory} lacks {names}: the checkpoint is incomplete (found: {describe_dir(directory)})")
     return [found[r] for r in sorted(found)]
 
 
@@ -115,6 +130,11 @@ class Source:
     def tp_size(self) -> int:
         """Tensor-parallel size the checkpoint was saved at."""
         return len(self.files)
+
+    @property
+    def partitioned(self) -> bool:
+        """True for a ZeRO-3 checkpoint: its weights exist only in the optimizer shards (consolidate to read)."""
+        return ZERO3_MODEL.match(self.files[0].name) is not None
 
     @property
     def config(self) -> ModelConfig:

@@ -19,7 +19,9 @@ EPILOG = """examples:
       --text-tokenizer cog-pretrain.model --image-tokenizer vqvae --save ckpt-sr   (records what generation needs)
 Optimizer state is dropped (except --consolidate --keep-optimizer at the same tp). The vocabulary is
 re-padded to pad_vocab_size(num_tokens, tp) when the metadata records tokenizers.num_tokens (or
---num-tokens is given); otherwise the padded size is kept when tp divides it, else grown with zero rows."""
+--num-tokens is given); otherwise the padded size is kept when tp divides it, else grown with zero rows.
+A ZeRO-3 checkpoint (parameters partitioned over dp ranks) is always consolidated: any conversion of it,
+--target-tp and --export included, gathers the fp32 weights from its optimizer shards."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--iteration", type=int, help="convert this iteration instead of the latest")
     p.add_argument("--target-tp", type=int, help="tensor-parallel size of the output (default: unchanged)")
     p.add_argument("--consolidate", action="store_true",
-                   help="merge DeepSpeed ZeRO optimizer shards into full fp32 weights per tp rank")
+                   help="merge DeepSpeed ZeRO optimizer shards into full fp32 weights per tp rank "
+                        "(implied for ZeRO-3 checkpoints)")
     p.add_argument("--keep-optimizer", action="store_true",
                    help="with --consolidate at an unchanged tp: copy the ZeRO optimizer shards too")
     p.add_argument("--export", choices=["safetensors"],
@@ -97,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {save} (iteration {meta.iteration}, tensor-parallel size {meta.tensor_parallel_size}, "
               f"vocab_size {meta.model['vocab_size']})")
         return 0
-    if not args.consolidate:
+    if not (args.consolidate or source.partitioned):
         export_safetensors(source, save)
     else:  # consolidate into a scratch checkpoint beside --save, then export that
         save.absolute().parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from data_utils.shards import Manifest
 from megatron_cogview.checkpoint.layout import CheckpointError, CheckpointMeta, read_meta
 from megatron_cogview.config import ConfigError, ModelConfig, TrainConfig
 from megatron_cogview.model import CogViewModel
-from megatron_cogview.parallel.state import ParallelState
+from megatron_cogview.parallel.state import ParallelState, default_device
 from megatron_cogview.training.checkpointing import has_checkpoint, resume_iteration
 from megatron_cogview.training.engine import (
     MergeResult,
@@ -137,17 +137,16 @@ def _finetune_weights(model: CogViewModel, train: TrainConfig, state: ParallelSt
     """Load another checkpoint's weights (same shape and tp) before the engine exists: works for every ZeRO stage."""
     if not train.finetune_from or (train.load and has_checkpoint(train.load)):
         return
-    from megatron_cogview.checkpoint.layout import model_states_file
-    from megatron_cogview.checkpoint.load import load_states
+    from megatron_cogview.checkpoint.load import read_module
 
     it, meta = read_meta(train.finetune_from)
     if meta.tensor_parallel_size != state.tp_size:
         raise CheckpointError(f"--finetune-from {train.finetune_from!r} has tensor-parallel size "
                               f"{meta.tensor_parallel_size}, this run {state.tp_size}; convert it with cogview convert "
                               f"--target-tp {state.tp_size}")
-    states = load_states(model_states_file(train.finetune_from, it, state.tp_rank))
+    module = read_module(train.finetune_from, it, state.tp_rank, log=logger.info)  # ZeRO-3: consolidated here
     try:
-        model.load_state_dict(states.get("module", states))
+        model.load_state_dict(module)
     except RuntimeError as e:
         raise CheckpointError(f"--finetune-from {train.finetune_from!r} does not fit this model: "
                               f"{str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from None
@@ -207,8 +206,7 @@ def _train(args: Args, state: ParallelState, manifest: Manifest, layout: TokenLa
     if source_transform is not None:
         source = source_transform(source, layout) if source is not None else None
         valid = source_transform(valid, layout) if valid is not None else None
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
-    model = CogViewModel(model_cfg, state, device=device)
+    model = CogViewModel(model_cfg, state, device=default_device())
     _finetune_weights(model, train, state, logger)
     engine, _ = create_engine(model, state, train, build_ds_config(train, user_ds))
     meta = CheckpointMeta(model=model_cfg.to_dict(), tensor_parallel_size=state.tp_size, tokenizers=rec,
