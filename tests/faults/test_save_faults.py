@@ -22,6 +22,32 @@ def test_disk_full_during_save(data: str, reference: Path, tmp_path: Path) -> No
     assert_resumes_exactly(data, save, reference, 3)
 
 
+@contextlib.contextmanager
+def small_tmpfs(folder: Path, size: str) -> Iterator[None]:
+    """A real size-limited tmpfs at `folder` (needs root and permission to mount; skipped otherwise)."""
+    folder.mkdir(parents=True)
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root and the permission to mount")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+@pytest.mark.slow
+def test_disk_full_on_a_real_small_tmpfs(data: str, reference: Path, tmp_path: Path) -> None:
+    mount = tmp_path / "disk"
+    with small_tmpfs(mount, "2500k"):  # room for checkpoint 3 (1.6 MB) but not also for checkpoint 6
+        save = clone(reference, mount / "run", at=3)
+        proc = launch(data, save)
+        assert_one_line(proc, "could not write checkpoint 6", "disk full", "MiB free there",
+                        "the last complete checkpoint (3) is intact", f"relaunch with --load {save}")
+        assert_intact(save, 3, [3])
+        subprocess.run(["mount", "-o", "remount,size=16m", str(mount)], check=True)  # the user frees space
+        assert_resumes_exactly(data, save, reference, 3)
+
+
 def test_kill_9_during_save(data: str, reference: Path, tmp_path: Path) -> None:
     save = clone(reference, tmp_path / "run", at=3)
     proc = launch(data, save, fault={"kind": "kill_in_save", "iteration": 6})
