@@ -18,6 +18,7 @@ setup(
         "sentencepiece>=0.1.99",
         "numpy>=1.24",
         "webdataset>=0.2.86",
+        "braceexpand>=0.1.7",  # shard URL patterns (also a webdataset dependency; imported directly)
         "pillow>=10.0",
         "tqdm>=4.60",
         "safetensors>=0.4",

@@ -108,14 +108,15 @@ def _run_from_cogview_bin(args: argparse.Namespace) -> int:
 
 def _add_info(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("data-info", help="summarise (and optionally verify) a preprocessed dataset")
-    p.add_argument("dataset", help="folder with dataset.json")
+    p.add_argument("dataset", help="folder with dataset.json, or its path or URL (pipe:CMD, http(s)://)")
     p.add_argument("--verify", action="store_true", help="read every shard and report corrupt or short ones")
     p.set_defaults(func=_run_info)
 
 
 def _run_info(args: argparse.Namespace) -> int:
+    from .remote import iter_shard
     from .shards import Manifest, decode_sample
-    from .wds import ShardReadError, iter_tar
+    from .wds import ShardReadError
 
     m = Manifest.load(args.dataset)
     print(f"{m.root}: {m.num_samples} samples in {len(m.shards)} shard(s), task {m.task}, seq_len {m.seq_len}, "
@@ -130,7 +131,7 @@ def _run_info(args: argparse.Namespace) -> int:
     for shard, path in zip(m.shards, m.shard_paths()):
         seen = 0
         try:
-            for raw in iter_tar(path):
+            for raw in iter_shard(path):
                 decode_sample(raw, m.seq_len)
                 seen += 1
         except (ShardReadError, ValueError, OSError) as e:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Sequence
 
@@ -16,6 +15,7 @@ from tokenization.layout import TokenLayout
 
 from .batch import collate
 from .errors import DataError
+from .remote import shard_file_name
 from .shards import Manifest
 from .stream import Source, StreamSpec, WorkerState, WorkerStream, check_spec
 
@@ -198,7 +198,7 @@ class StreamingLoader:
 
     def _identity(self) -> dict[str, Any]:
         """What a saved state must match to be replayed exactly."""
-        sources = [[[os.path.basename(p) for p in s.paths], list(s.counts), s.weight] for s in self.spec.sources]
+        sources = [[[shard_file_name(p) for p in s.paths], list(s.counts), s.weight] for s in self.spec.sources]
         digest = hashlib.sha256(json.dumps(sources).encode()).hexdigest()
         spec = asdict(self.spec)
         spec.pop("sources")

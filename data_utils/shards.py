@@ -136,7 +136,7 @@ class Manifest:
     shards: list[ShardInfo]
     stats: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
-    root: str = ""  # folder the manifest was read from (not stored)
+    root: str = ""  # folder the manifest was read from, or its URL (not stored)
 
     @property
     def num_samples(self) -> int:
@@ -144,8 +144,13 @@ class Manifest:
         return sum(s.samples for s in self.shards)
 
     def shard_paths(self) -> list[str]:
-        """Absolute paths of the shards, in manifest order."""
-        return [os.path.join(self.root, s.name) for s in self.shards]
+        """Where each shard is read from, in manifest order: a local path, or a URL (listed as one, or beside a
+        dataset.json read from a URL)."""
+        from .remote import is_url, local_path, sibling
+
+        if is_url(self.root):
+            return [s.name if is_url(s.name) else sibling(self.root, s.name) for s in self.shards]
+        return [s.name if is_url(s.name) else os.path.join(self.root, local_path(s.name)) for s in self.shards]
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON content of dataset.json."""
@@ -165,20 +170,26 @@ class Manifest:
 
     @classmethod
     def load(cls, path: str) -> "Manifest":
-        """Read a manifest from a dataset folder or a dataset.json path."""
-        file = os.path.join(path, MANIFEST_NAME) if os.path.isdir(path) else path
-        if not os.path.exists(file):
+        """Read a manifest from a dataset folder, a dataset.json path, or a dataset.json URL (pipe:, http(s)://)."""
+        from .remote import is_url, read_url
+
+        remote = is_url(path)
+        file = os.path.join(path, MANIFEST_NAME) if not remote and os.path.isdir(path) else path
+        if not remote and not os.path.exists(file):
             raise DataError(f"no {MANIFEST_NAME} at {path}; point at a folder made by `cogview preprocess`")
         try:
-            with open(file, encoding="utf-8") as f:
-                data = json.load(f)
+            if remote:
+                data = json.loads(read_url(file).decode("utf-8"))
+            else:
+                with open(file, encoding="utf-8") as f:
+                    data = json.load(f)
             if data.get("format") != MANIFEST_FORMAT:
                 raise ValueError(f"format is {data.get('format')!r}, not {MANIFEST_FORMAT!r}")
             if data.get("version") != MANIFEST_VERSION:
                 raise ValueError(f"version {data.get('version')} is not {MANIFEST_VERSION}")
             data = {k: v for k, v in data.items() if k not in ("format", "version", "num_samples")}
             data["shards"] = [ShardInfo(**s) for s in data["shards"]]
-            return cls(**data, root=os.path.dirname(os.path.abspath(file)))
+            return cls(**data, root=file if remote else os.path.dirname(os.path.abspath(file)))
         except (ValueError, TypeError, KeyError) as e:
             raise DataError(f"{file} is not a valid dataset manifest ({e}); re-run `cogview preprocess`") from e
 

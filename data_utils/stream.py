@@ -11,7 +11,8 @@ import numpy as np
 
 from .errors import DataError
 from .shards import Manifest, TokenSample, decode_sample
-from .wds import ShardReadError, iter_tar
+from .remote import exists, iter_shard, shard_file_name
+from .wds import ShardReadError
 
 logger = logging.getLogger("data_utils")
 
@@ -106,7 +107,7 @@ def check_spec(spec: StreamSpec) -> None:
     for source in spec.sources:
         if not source.paths:
             raise DataError("a dataset has no non-empty shards for this split; check val_shards or re-run preprocess")
-        missing = [p for p in source.paths if not os.path.exists(p)]
+        missing = [p for p in source.paths if not exists(p)]
         if missing:
             raise DataError(f"{len(missing)} shard(s) missing, e.g. {missing[0]}; restore them or re-run `cogview preprocess`")
         need = spec.dp_size * spec.num_workers
@@ -200,7 +201,7 @@ class WorkerStream:
         for shard in round_shards(self.spec, source, pos.epoch, self.worker):
             path, expected, seen = src.paths[shard], src.counts[shard], 0
             try:
-                for raw in iter_tar(path):
+                for raw in iter_shard(path):
                     seen += 1
                     yield path, raw
             except ShardReadError as e:
@@ -230,6 +231,6 @@ class WorkerStream:
 
 
 def _stem(path: str) -> str:
-    """Shard file name without folder and .tar."""
-    name = os.path.basename(path)
+    """Shard file name without folder and .tar (the same for a local shard and its URL)."""
+    name = shard_file_name(path)
     return name[:-4] if name.endswith(".tar") else name
