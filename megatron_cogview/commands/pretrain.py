@@ -15,6 +15,7 @@ import torch
 from arguments import Args, parse_args
 from data_utils.errors import DataError
 from data_utils.loader import build_loader
+from data_utils.remote import is_url, read_url
 from data_utils.shards import Manifest
 from megatron_cogview.checkpoint.layout import CheckpointError, CheckpointMeta, read_meta
 from megatron_cogview.config import ConfigError, ModelConfig, TrainConfig
@@ -42,7 +43,7 @@ def _manifest(paths: list[str]) -> Manifest:
     if not paths:
         raise ConfigError("no training data: pass --train-data DIR (a folder made by `cogview preprocess`)")
     for p in paths:
-        if not (Path(p) / "dataset.json").is_file():
+        if not is_url(p) and not (Path(p) / "dataset.json").is_file():
             raise DataError(f"{p!r} has no dataset.json: make it with `cogview preprocess` (or check the path)")
     return Manifest.load(paths[0])
 
@@ -79,9 +80,13 @@ def data_fingerprint(paths: list[str], weights: Any, max_shards: int = 64, head:
     first 64 KiB of up to 64 evenly spaced shards per dataset (cheap even for many shards on a network disk)."""
     h = hashlib.sha256(json.dumps(weights, sort_keys=True).encode())
     for p in paths:
-        h.update(json.dumps(json.loads((Path(p) / "dataset.json").read_text(encoding="utf-8")), sort_keys=True).encode())
+        text = read_url(p).decode("utf-8") if is_url(p) else (Path(p) / "dataset.json").read_text(encoding="utf-8")
+        h.update(json.dumps(json.loads(text), sort_keys=True).encode())
         shards = Manifest.load(p).shard_paths()
         for shard in shards[:: max(1, -(-len(shards) // max_shards))]:
+            if is_url(shard):  # a remote shard is known by its location (its count is in the manifest above)
+                h.update(shard.encode())
+                continue
             try:
                 with open(shard, "rb") as f:
                     h.update(f"{os.fstat(f.fileno()).st_size}:".encode() + f.read(head))

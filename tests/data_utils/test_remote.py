@@ -178,3 +178,12 @@ def test_data_info_verify_reads_urls(token_dataset, tmp_path, http_root, capsys)
     assert main(["data-info", piped, "--verify"]) == 2
     out = capsys.readouterr()
     assert "BAD pipe:head -c 5000" in out.out and "damaged" in out.err
+
+
+def test_training_accepts_a_dataset_by_url(token_dataset, http_root):
+    from megatron_cogview.commands.pretrain import _manifest, data_fingerprint
+
+    local = token_dataset(n=40, per_shard=10)
+    url = http_root(local) + "dataset.json"
+    assert _manifest([url]).to_dict() == Manifest.load(local).to_dict()
+    assert data_fingerprint([url], None) == data_fingerprint([url], None) != data_fingerprint([local], None)
