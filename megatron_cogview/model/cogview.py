@@ -56,6 +56,14 @@ class CogViewModel(nn.Module):
         self.validate_inputs = True
         self.loss_chunk_elements = DEFAULT_CHUNK_ELEMENTS  # logits elements per chunk of the fused loss
 
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        """.to() / .cuda() / .half(): the RNG tracker follows the parameters to their device."""
+        out = super()._apply(fn, recurse)
+        device = self.word_embeddings.weight.device
+        if device.type != "meta" and device != self.rng.device:
+            self.rng = self.rng.to(device)
+        return out
+
     # ---- core --------------------------------------------------------------------------------
     def _check(self, tokens: torch.Tensor, position_ids: torch.Tensor) -> None:
         c = self.config

@@ -30,6 +30,7 @@ class RNGTracker:
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
         self._generators: dict[str, torch.Generator] = {}
+        self._seeds: dict[str, int] = {}
 
     @classmethod
     def for_model(cls, seed: int, state: ParallelState, device: torch.device | str = "cpu") -> "RNGTracker":
@@ -46,6 +47,18 @@ class RNGTracker:
         gen = torch.Generator(device=self.device)
         gen.manual_seed(seed)
         self._generators[name] = gen
+        self._seeds[name] = seed
+
+    def to(self, device: torch.device | str) -> "RNGTracker":
+        """The same streams on `device`. Between CUDA devices the states carry over exactly; CPU and CUDA
+        generators have incompatible states, so a move between them restarts each stream from its seed."""
+        device = torch.device(device)
+        moved = RNGTracker(device)
+        for name, seed in self._seeds.items():
+            moved.add(name, seed)
+            if device.type == self.device.type == "cuda" or device.type == self.device.type == "cpu":
+                moved._generators[name].set_state(self._generators[name].get_state())
+        return moved
 
     def generator(self, name: str) -> torch.Generator:
         """The generator of stream `name`."""

@@ -1,6 +1,7 @@
 """ParallelState: tensor-parallel x data-parallel process groups, passed explicitly (no globals)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -150,8 +151,14 @@ def require_state(state: object, who: str) -> ParallelState:
     return state
 
 
+def uses_cuda() -> bool:
+    """True when this process computes on a GPU: one is visible and DeepSpeed's accelerator is not set to cpu
+    (DS_ACCELERATOR=cpu pins a process, e.g. a test, to the CPU on a machine that has GPUs)."""
+    return os.environ.get("DS_ACCELERATOR", "") != "cpu" and torch.cuda.is_available()
+
+
 def default_device() -> torch.device:
-    """The device this process computes on: its CUDA device when available, else CPU."""
-    if torch.cuda.is_available():
+    """The one place that decides the runtime device: this process's current CUDA device, else CPU."""
+    if uses_cuda():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")

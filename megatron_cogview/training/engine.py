@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from megatron_cogview.config import ConfigError, TrainConfig
 from megatron_cogview.model import CogViewModel
-from megatron_cogview.parallel.state import ParallelState
+from megatron_cogview.parallel.state import ParallelState, uses_cuda
 from megatron_cogview.training.schedule import LRSchedule
 from megatron_cogview.training.skips import GatedAdamW, SkipGate
 
@@ -28,7 +28,7 @@ Log = Callable[[str], None]
 
 def use_cpu_accelerator() -> bool:
     """Select DeepSpeed's CPU accelerator when no GPU is visible (before deepspeed is imported)."""
-    if not torch.cuda.is_available():
+    if not uses_cuda():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     return os.environ.get("DS_ACCELERATOR") == "cpu"
 
@@ -55,13 +55,20 @@ def init_distributed(backend: str = "auto", timeout_s: int = 600) -> None:
     """Join the process group described by the launcher's env (torchrun/deepspeed), or a world of 1."""
     if dist.is_initialized():
         return
+    cuda = uses_cuda()
     if backend == "auto":
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = "nccl" if cuda else "gloo"
     if "WORLD_SIZE" not in os.environ:  # plain `python pretrain_gpt2.py`
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if cuda:
+        local, count = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local >= count:
+            raise ConfigError(
+                f"LOCAL_RANK is {local} but this node shows {count} GPU(s) (CUDA_VISIBLE_DEVICES="
+                f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); launch at most {count} processes per node "
+                "(--num_gpus / --nproc_per_node)")
+        torch.cuda.set_device(local)
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
 
 
@@ -183,7 +190,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 def check_precision(train: TrainConfig) -> None:
     """fp16 needs a GPU (DeepSpeed's CPU accelerator has no fp16 path for users)."""
-    if train.precision == "fp16" and not torch.cuda.is_available():
+    if train.precision == "fp16" and not uses_cuda():
         raise ConfigError("fp16 needs a CUDA GPU; on CPU use --precision bf16 (or fp32)")
 
 
@@ -193,7 +200,7 @@ def create_engine(model: CogViewModel, state: ParallelState, train: TrainConfig,
     if train.zero_stage == 3 and state.tp_size > 1:
         raise ConfigError("ZeRO stage 3 is supported with tensor-parallel size 1 only; use --zero-stage 1 or 2 with tp > 1")
     deepspeed = _deepspeed()
-    fused = torch.cuda.is_available()
+    fused = uses_cuda()
     gate = SkipGate()  # closed by the loop around the step of a skipped iteration
     optimizer = GatedAdamW(
         param_groups(model, train.weight_decay), gate, lr=train.lr, betas=(train.adam_beta1, train.adam_beta2),

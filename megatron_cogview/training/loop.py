@@ -15,7 +15,7 @@ from megatron_cogview.config import ConfigError, ModelConfig, TrainConfig
 from megatron_cogview.model import CogViewModel
 from megatron_cogview.parallel.broadcast import broadcast_batch
 from megatron_cogview.parallel.grad_norm import grad_norm
-from megatron_cogview.parallel.state import ParallelState
+from megatron_cogview.parallel.state import ParallelState, default_device
 from megatron_cogview.training.checkpointing import Resumed, has_checkpoint, load_checkpoint, save_checkpoint
 from megatron_cogview.training.engine import loss_scale, min_loss_scale
 from megatron_cogview.training.logger import TrainLogger
@@ -88,10 +88,6 @@ class Window:
         self.sums = self.sums.to(values.device) + values.double()
 
 
-def _device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
 @dataclass
 class Trainer:
     """Everything one rank needs to run the loop."""
@@ -109,7 +105,7 @@ class Trainer:
     on_step: Callable[[int, dict[str, Any]], None] | None = None  # test hook: (iteration, batch)
 
     def __post_init__(self) -> None:
-        self.device = _device()
+        self.device = default_device()
         self._resumed_from = 0  # keep-last-N never deletes a checkpoint at or after it that this run did not write
         self._written: set[int] = set()
         self.gate: SkipGate = self.engine.lr_scheduler.gate  # create_engine shares it with the optimizer

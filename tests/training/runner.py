@@ -12,7 +12,8 @@ ENTRY = str(ROOT / "pretrain_gpt2.py")
 
 
 def env() -> dict[str, str]:
-    e = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "PYTHONPATH": str(ROOT)}
+    # DS_ACCELERATOR=cpu pins the run to the CPU (gloo) even on a machine with GPUs.
+    e = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "PYTHONPATH": str(ROOT), "DS_ACCELERATOR": "cpu"}
     e.pop("WORLD_SIZE", None)
     e.pop("RANK", None)
     return e
