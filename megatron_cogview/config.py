@@ -263,6 +263,8 @@ class TrainConfig:
     """Abort after this many consecutive steps skipped for a non-finite loss."""
     tensorboard_dir: str = ""
     """Also write scalars to TensorBoard here (needs the [tensorboard] extra)."""
+    peak_tflops: float = 0.0
+    """Peak TFLOP/s per GPU for the logged MFU (0: from the GPU's name; unknown GPUs log no MFU)."""
 
     def __post_init__(self) -> None:
         for name in ("train_iters", "micro_batch_size", "gradient_accumulation_steps", "log_interval", "keep_last"):
@@ -271,6 +273,7 @@ class TrainConfig:
                      "exit_interval"):
             _require(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0")
         _require(self.lr > 0, f"lr={self.lr} must be > 0")
+        _require(self.peak_tflops >= 0, f"peak_tflops={self.peak_tflops} must be >= 0 (0: from the GPU name)")
         _require(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
         _require(self.warmup >= 0, f"warmup={self.warmup} must be >= 0")
         _require(self.clip_grad >= 0, f"clip_grad={self.clip_grad} must be >= 0 (0 disables clipping)")

@@ -1,7 +1,6 @@
 """The pre-training loop: forward/backward/step on the DeepSpeed engine, skips, validation, checkpoints."""
 from __future__ import annotations
 
-import math
 import signal
 import time
 from dataclasses import dataclass, field
@@ -11,13 +10,14 @@ import torch
 import torch.distributed as dist
 
 from megatron_cogview.checkpoint.layout import CheckpointMeta
-from megatron_cogview.config import ConfigError, ModelConfig, TrainConfig
+from megatron_cogview.config import ConfigError, TrainConfig
 from megatron_cogview.model import CogViewModel
 from megatron_cogview.parallel.broadcast import broadcast_batch
 from megatron_cogview.parallel.grad_norm import grad_norm
 from megatron_cogview.parallel.state import ParallelState, default_device
 from megatron_cogview.training.checkpointing import Resumed, has_checkpoint, load_checkpoint, save_checkpoint
 from megatron_cogview.training.engine import loss_scale, min_loss_scale
+from megatron_cogview.training.flops import flops_per_token, peak_tflops
 from megatron_cogview.training.logger import TrainLogger
 from megatron_cogview.training.skips import SkipCounter, SkipGate, SkipKind, is_min_loss_scale_error
 
@@ -80,6 +80,7 @@ class Window:
     sums: torch.Tensor = field(default_factory=lambda: torch.zeros(6, dtype=torch.float64))
     steps: int = 0
     tokens: int = 0
+    flops: int = 0  # model FLOPs of the applied steps, all ranks together
     start: float = field(default_factory=time.perf_counter)
 
     # sums: [weighted loss, weight, text CE, text count, image CE, image count]
@@ -152,7 +153,7 @@ class Trainer:
         finite: list[torch.Tensor] = []
         keys: list[Any] = []
         stats: list[torch.Tensor] = []
-        skip, stop_now, tokens = False, False, 0
+        skip, stop_now, tokens, flops = False, False, 0, 0
         for micro in range(gas):
             batch = self._next_batch()
             if self.on_step is not None:
@@ -174,6 +175,7 @@ class Trainer:
             stats.append(torch.stack([out.total.detach().float(), weight, (ce * text).sum(), text.sum().float(),
                                       (ce * image).sum(), image.sum().float()]))
             tokens += batch["tokens"].numel() * self.state.dp_size
+            flops += flops_per_token(self.model.config, batch["tokens"].size(1)) * batch["tokens"].numel() * self.state.dp_size
             if micro == gas - 1 and logs and not skip and self.train.zero_stage == 0 and self.train.precision == "fp32":
                 self._norm = grad_norm(self.model.parameters(), self.state)  # grads are dp-averaged by now
             self._engine_step(skip)
@@ -189,6 +191,7 @@ class Trainer:
             for values in stats:
                 window.add(values)
             window.tokens += tokens
+            window.flops += flops
             if logs and not (self.train.zero_stage == 0 and self.train.precision == "fp32"):
                 self._norm = self._engine_norm()
         else:
@@ -263,25 +266,20 @@ class Trainer:
             "ms_per_step": ms,
             "eta_s": ms / 1000 * (self.train.train_iters - self.progress.iteration),
         }
-        values.update(self._flops(values["tokens_per_s"]))
+        values.update(self._flops(window.flops / max(elapsed, 1e-9)))
         if self.logger is not None:
             self.logger.metrics(self.progress.iteration, values)
 
-    def _flops(self, tokens_per_s: float) -> dict[str, float]:
-        """Model TFLOPs per GPU and MFU (GPU only): 6 N + 12 L h s FLOPs per token (forward + backward)."""
-        if not torch.cuda.is_available():
-            return {}
-        c: ModelConfig = self.model.config
-        n = 12 * c.num_layers * c.hidden_size**2 + c.vocab_size * c.hidden_size
-        s = c.max_position_embeddings - 1
-        per_token = 6 * n + 12 * c.num_layers * c.hidden_size * s
-        tflops = per_token * tokens_per_s / self.state.world_size / 1e12
-        peak = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "V100": 125.0}
-        name = torch.cuda.get_device_name()
+    def _flops(self, flops_per_s: float) -> dict[str, float]:
+        """Model TFLOP/s per GPU (real sequence lengths, configured MLP width) and MFU against the GPU's peak."""
+        tflops = flops_per_s / self.state.world_size / 1e12
         out = {"tflops": tflops}
-        for key, value in peak.items():
-            if key in name:
-                out["mfu"] = tflops / value
+        if self.device.type == "cuda":
+            peak = peak_tflops(torch.cuda.get_device_name(self.device), self.train.precision, self.train.peak_tflops)
+            if peak is not None:
+                out["mfu"] = tflops / peak
+        elif self.train.peak_tflops > 0:
+            out["mfu"] = tflops / self.train.peak_tflops
         return out
 
     def evaluate(self) -> float:
@@ -346,6 +344,13 @@ class Trainer:
             self.logger.info(f"resumed from {self.train.load} at iteration {self.progress.iteration}")
         return True
 
+    @staticmethod
+    def _outside_window(window: Window, work: Callable[[], Any]) -> None:
+        """Run validation or a save without counting its time in the throughput and MFU of the window."""
+        start = time.perf_counter()
+        work()
+        window.start += time.perf_counter() - start
+
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> Progress:
         """Train until train_iters (or a stop signal); save at intervals, at the end and on signals."""
@@ -367,7 +372,7 @@ class Trainer:
                     self._log(window)
                     window = Window()
                 if self.has_validation and self.train.eval_interval and it % self.train.eval_interval == 0:
-                    self.evaluate()
+                    self._outside_window(window, self.evaluate)
                 exit_now = bool(self.train.exit_interval) and it % self.train.exit_interval == 0
                 if stop_now or (exit_now and it < self.train.train_iters):
                     if self.logger is not None:
@@ -376,7 +381,7 @@ class Trainer:
                     self.save()
                     return self.progress
                 if self.train.save_interval and it % self.train.save_interval == 0:
-                    self.save()
+                    self._outside_window(window, self.save)
             if self.train.save_interval == 0 or self.progress.iteration % self.train.save_interval != 0:
                 self.save()
             return self.progress
