@@ -5,7 +5,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -30,6 +29,7 @@ from megatron_cogview.training.engine import (
     merge_ds_config,
     read_ds_json,
 )
+from megatron_cogview.training.faults import first_line, from_collective
 from megatron_cogview.training.logger import TrainLogger
 from megatron_cogview.training.save_lock import prepare_save_folder
 from megatron_cogview.training.loop import Trainer
@@ -230,24 +230,6 @@ def _prefix() -> str:
     return "pretrain_gpt2.py" + (f" [rank {rank}]" if os.environ.get("WORLD_SIZE", "1") != "1" else "")
 
 
-def _from_collective(e: BaseException) -> bool:
-    """True when the error was raised inside a torch.distributed collective (a lost or hung peer)."""
-    tb = e.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename.endswith(os.path.join("torch", "distributed", "distributed_c10d.py")):
-            return True
-        tb = tb.tb_next
-    return isinstance(e, torch.distributed.DistError)
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    if not lines:
-        return type(e).__name__
-    line = re.sub(r"^\[[^\]]*\]\s*", "", lines[0])  # drop the "[.../pair.cc:537]" source location
-    return line.split(". This is typically")[0][:200]
-
-
 def main(argv: Sequence[str] | None = None, source_transform: SourceTransform | None = None) -> int:
     """Run, turning user errors into one line and exit status 2."""
     try:
@@ -256,10 +238,10 @@ def main(argv: Sequence[str] | None = None, source_transform: SourceTransform | 
         print(f"{_prefix()}: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:
-        if not _from_collective(e):
+        if not from_collective(e):
             raise
         # a peer died (connection reset) or hung (--distributed-timeout-minutes): one line, not a traceback
-        print(f"{_prefix()}: error: lost contact with another rank ({_first_line(e)}); another process died or "
+        print(f"{_prefix()}: error: lost contact with another rank ({first_line(e)}); another process died or "
               f"hung (see its log); relaunch with --load pointing at your --save folder to resume from the last "
               "complete checkpoint", file=sys.stderr)
         return 1

@@ -31,6 +31,7 @@ from megatron_cogview.checkpoint.layout import (
     write_trackers,
 )
 from megatron_cogview.parallel.state import ParallelState
+from megatron_cogview.training.faults import first_line, from_collective
 
 PARTIAL_PREFIX = ".partial-"
 
@@ -94,7 +95,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _save_failed(save: str, iteration: int, error: BaseException) -> CheckpointSaveError:
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    first = first_line(error)
     try:
         free = f"; {shutil.disk_usage(save).free / 2**20:.1f} MiB free there"
     except OSError:
@@ -146,8 +147,8 @@ def save_checkpoint(
     except (OSError, RuntimeError) as e:  # disk full shows as either, depending on which writer hit it
         if state.rank == 0:
             shutil.rmtree(partial, ignore_errors=True)
-        if isinstance(e, dist.DistError):
-            raise
+        if from_collective(e):
+            raise  # a peer died or hung during the save: reported as such by the entry point
         raise _save_failed(save, iteration, e) from None
     _barrier(state)
 

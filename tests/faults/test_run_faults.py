@@ -110,3 +110,13 @@ def test_lock_file_owner_and_stale_rules(tmp_path: Path) -> None:
     os.utime(tmp_path / LOCK_FILE, (old, old))
     acquire(str(tmp_path), warnings.append).release()  # another host, heartbeat an hour old: stale
     assert "heartbeat stopped 60 minutes ago" in warnings[-1]
+
+
+@pytest.mark.slow
+def test_disk_full_on_one_rank_of_two(data: str, reference2: Path, tmp_path: Path) -> None:
+    save = clone(reference2, tmp_path / "run", at=3)
+    proc = launch(data, save, *DP2, nproc=2, fault={"kind": "enospc_save", "iteration": 6, "rank": 1})
+    assert_one_line(proc, "[rank 1]: error: could not write checkpoint 6", "rank_00001_state.pt", "disk full",
+                    "the last complete checkpoint (3) is intact")
+    assert_one_line(proc, "[rank 0]: error: lost contact with another rank")
+    assert_intact(save, 3, [3])  # rank 0 removed the partial folder of checkpoint 6
