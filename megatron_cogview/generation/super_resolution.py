@@ -83,7 +83,7 @@ def fill_cells(
     require(len(prompts) == b and len(seeds) == b, f"{len(prompts)} prompts and {len(seeds)} seeds for {b} rows")
     require(sample_mask.shape == (n,), f"sample_mask has shape {tuple(sample_mask.shape)}, expected ({n},)")
     room = model.config.max_position_embeddings
-    last_pos = max(int(p[1][-1]) for p in prompts) + n - 1  # the last high cell is never fed
+    last_pos = max(max(int(p[1].max()), int(p[1][-1]) + n - 1) for p in prompts)  # the last cell is never fed
     require(last_pos < room, f"the SR prompt and {n} high-res cells need position {last_pos} but the model has "
             f"{room} positions; the grid is too large for this model")
     allowed = IdRanges.of([image_range], model.config.vocab_size)
