@@ -13,6 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_synth(subparsers)
     _add_preprocess(subparsers)
     _add_info(subparsers)
+    _add_merge(subparsers)
 
 
 def _add_synth(subparsers: argparse._SubParsersAction) -> None:
@@ -57,12 +58,16 @@ def _add_preprocess(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--samples-per-shard", type=int, default=1000, help="input items per shard")
     p.add_argument("--workers", type=int, default=0, help="image-decoding processes (0: in this process)")
     p.add_argument("--batch-size", type=int, default=64, help="images per VQ-VAE encoding batch")
-    p.add_argument("--device", default="cpu", help="device for VQ-VAE encoding (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--device", default="cpu", help="device for VQ-VAE encoding (cpu, cuda, cuda:1, ...; "
+                   "under a launcher cuda means cuda:LOCAL_RANK)")
     p.add_argument("--image-size", type=int, default=None, help="image side (default: the VQ-VAE's size)")
     p.add_argument("--caption-column", default=None, help="caption field of JSONL/TSV inputs")
     p.add_argument("--image-column", default=None, help="image path field of JSONL/TSV inputs")
     p.add_argument("--num-text-tokens", type=int, default=None, help="text ids in the layout (default: tokenizer size)")
     p.add_argument("--num-image-tokens", type=int, default=None, help="image ids in the layout (default: codebook size)")
+    d = p.add_argument_group("several processes (torchrun / SLURM set RANK+WORLD_SIZE or SLURM_PROCID+SLURM_NTASKS)")
+    d.add_argument("--num-parts", type=int, default=None, help="split the input files into this many parts ...")
+    d.add_argument("--part", type=int, default=None, help="... and process this one (0-based; e.g. a SLURM array index)")
     b = p.add_argument_group("the original CogView's binary datasets (instead of inputs)")
     b.add_argument("--from-cogview-bin", nargs="+", metavar="FILE", default=None,
                    help="CompactBinaryDataset files: int32 rows of --bin-text-len text ids (-1 padded) + grid^2 codes")
@@ -77,13 +82,17 @@ def _run_preprocess(args: argparse.Namespace) -> int:
 
     if args.from_cogview_bin is not None:
         return _run_from_cogview_bin(args)
+    from .parts import part_device, resolve_part
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    part = resolve_part(args.num_parts, args.part)
     config = PreprocessConfig(
         tuple(args.inputs), args.text_tokenizer, args.image_tokenizer, args.out, prefix=args.prefix,
         seq_len=args.seq_len, task=args.task, samples_per_shard=args.samples_per_shard, workers=args.workers,
-        batch_size=args.batch_size, device=args.device, image_size=args.image_size,
+        batch_size=args.batch_size, device=part_device(args.device, part), image_size=args.image_size,
         caption_column=args.caption_column, image_column=args.image_column,
         num_text_tokens=args.num_text_tokens, num_image_tokens=args.num_image_tokens,
+        num_parts=part.count, part=part.index, wait_for_parts=part.launched and part.index == 0,
     )
     preprocess(config)
     return 0
@@ -94,6 +103,9 @@ def _run_from_cogview_bin(args: argparse.Namespace) -> int:
 
     if args.inputs:
         raise DataError("pass either inputs or --from-cogview-bin FILE, not both")
+    if args.num_parts is not None or args.part is not None:
+        raise DataError("--num-parts/--part do not apply to --from-cogview-bin; convert each file in its own --out "
+                        "and join them with `cogview data-merge`")
     ignored = [f for f, v in (("--image-size", args.image_size), ("--caption-column", args.caption_column),
                               ("--image-column", args.image_column), ("--num-text-tokens", args.num_text_tokens),
                               ("--num-image-tokens", args.num_image_tokens)) if v is not None]
@@ -144,4 +156,26 @@ def _run_info(args: argparse.Namespace) -> int:
     if problems:
         raise DataError(f"{problems} shard(s) of {m.root} are damaged; re-run `cogview preprocess` into a new --out")
     print("all shards verified")
+    return 0
+
+
+def _add_merge(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "data-merge", help="join preprocessed datasets (or the parts of a split run) into one dataset.json",
+        description="With only OUT: write OUT/dataset.json from the finished parts in OUT/.parts (runs made with "
+        "--num-parts/--part). With DATASET folders: list all their shards (relative to OUT) in OUT/dataset.json. "
+        "--shard-urls names the shards by URL instead (after uploading them), e.g. "
+        "'pipe:aws s3 cp s3://bucket/ds/data-{000000..000099}.tar -'.",
+    )
+    p.add_argument("out", help="folder for the joined dataset.json")
+    p.add_argument("datasets", nargs="*", help="dataset folders or dataset.json files to join (default: OUT's parts)")
+    p.add_argument("--shard-urls", default=None,
+                   help="brace pattern of the shards' URLs (pipe:CMD, http(s)://), one per shard in joined order")
+    p.set_defaults(func=_run_merge)
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    from .parts import merge
+
+    merge(args.out, args.datasets, args.shard_urls, print)
     return 0

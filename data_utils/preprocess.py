@@ -22,9 +22,10 @@ from tokenization.unified import UnifiedTokenizer
 
 from .errors import DataError
 from .imageio import decode_task
+from .parts import Part, finish_parts, part_file, part_prefix, share, write_part
 from .progress import progress
 from .shards import MANIFEST_NAME, Manifest, ShardInfo, storage_dtype
-from .sources import RawItem, iter_inputs
+from .sources import RawItem, input_files, iter_inputs
 from .wds import safe_key
 from .writer import TokenRecord, shard_name, write_shard
 
@@ -54,6 +55,9 @@ class PreprocessConfig:
     image_column: str | None = None
     num_text_tokens: int | None = None  # layout sizes; default: the tokenizers' own sizes
     num_image_tokens: int | None = None
+    num_parts: int = 1  # split the input files into this many parts (one per rank or job) ...
+    part: int = 0  # ... and process this one
+    wait_for_parts: bool = False  # when the last part to finish is not this one, wait for it (rank 0 of a launcher)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -63,6 +67,13 @@ class PreprocessConfig:
         if not self.inputs:
             raise DataError("no inputs given; pass JSONL/TSV files, image folders or .tar shards")
         shard_name(self.prefix, 0)  # validates the prefix
+        if self.num_parts < 1 or not 0 <= self.part < self.num_parts:
+            raise DataError(f"part {self.part} of {self.num_parts} is out of range; use 0 <= --part < --num-parts")
+
+    @property
+    def share(self) -> Part:
+        """This run's part of the inputs."""
+        return Part(self.part, self.num_parts)
 
 
 @dataclass
@@ -109,6 +120,9 @@ class _Run:
                             f"use at least {fixed + 1} (e.g. {fixed + 16})")
         self.dtype = storage_dtype(self.layout.vocab_size)
         self.progress_dir = os.path.join(config.out, PROGRESS_DIR)
+        if config.num_parts > 1:
+            self.progress_dir = os.path.join(self.progress_dir, f"part-{config.part:05d}-of-{config.num_parts:05d}")
+        self.prefix = part_prefix(config.prefix, config.share)
         self.logged: dict[str, int] = {}
 
     def settings(self) -> dict[str, Any]:
@@ -119,6 +133,7 @@ class _Run:
             "samples_per_shard": c.samples_per_shard, "image_size": self.size, "caption_column": c.caption_column,
             "image_column": c.image_column, "layout": self.layout.to_dict(),
             "text_tokenizer": self.text.fingerprint(), "image_tokenizer": self.image.fingerprint(),
+            **({"num_parts": c.num_parts} if c.num_parts > 1 else {}),
         }
 
     def bad(self, kind: str, key: str, why: str) -> None:
@@ -200,10 +215,10 @@ def _finish(run: _Run, index: int, jobs: list, stats: dict[str, int]) -> ShardIn
         else:
             ok.append((item, image))
     records = run.encode(ok, stats)
-    info = write_shard(run.config.out, run.config.prefix, index, records, run.config.seq_len, run.dtype)
+    info = write_shard(run.config.out, run.prefix, index, records, run.config.seq_len, run.dtype)
     stats["written"] = info.samples
     record = {"shard": asdict(info), "stats": stats}
-    _write_json(os.path.join(run.progress_dir, shard_name(run.config.prefix, index) + ".json"), record)
+    _write_json(os.path.join(run.progress_dir, shard_name(run.prefix, index) + ".json"), record)
     return info
 
 
@@ -223,6 +238,11 @@ def _check_settings(run: _Run) -> Manifest | None:
         if manifest.settings != settings:
             raise DataError(f"{out} already holds a dataset made with other settings; use a new --out or delete it")
         return manifest
+    if run.config.num_parts > 1 and os.path.exists(part_file(out, run.config.share)):
+        manifest = Manifest.load(part_file(out, run.config.share))
+        if manifest.settings != settings:
+            raise DataError(f"{out} already holds a part made with other settings; use a new --out or delete it")
+        return manifest
     path = os.path.join(run.progress_dir, "settings.json")
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
@@ -236,7 +256,7 @@ def _check_settings(run: _Run) -> Manifest | None:
 
 def _done_shard(run: _Run, index: int) -> dict | None:
     """The progress record of shard `index` if it was completed by an earlier run."""
-    name = shard_name(run.config.prefix, index)
+    name = shard_name(run.prefix, index)
     record = os.path.join(run.progress_dir, name + ".json")
     if os.path.exists(record) and os.path.exists(os.path.join(run.config.out, name)):
         with open(record, encoding="utf-8") as f:
@@ -251,14 +271,15 @@ def preprocess(config: PreprocessConfig, log: Callable[[str], None] = print) -> 
     finished = _check_settings(run)
     if finished is not None:
         log(f"{config.out} is already complete ({finished.num_samples} samples); nothing to do")
-        return finished
+        return _finish_parts(run, finished, log)
+    inputs = share(input_files(config.inputs), config.share)
     started, total, shards = time.time(), Stats(), []
     context = multiprocessing.get_context("spawn")
     executor = ProcessPoolExecutor(config.workers, mp_context=context) if config.workers > 0 else None
     pending: tuple[int, list, dict[str, int]] | None = None
     try:
         with progress(None, "preprocess", "sample") as bar:
-            for index, chunk in enumerate(_chunks(iter_inputs(config.inputs, config.caption_column, config.image_column),
+            for index, chunk in enumerate(_chunks(iter_inputs(inputs, config.caption_column, config.image_column),
                                                   config.samples_per_shard)):
                 done = _done_shard(run, index)
                 if done is not None:
@@ -281,7 +302,7 @@ def preprocess(config: PreprocessConfig, log: Callable[[str], None] = print) -> 
     finally:
         if executor is not None:
             executor.shutdown(cancel_futures=True)
-    if not shards:
+    if not shards and config.num_parts == 1:
         raise DataError(f"the inputs {', '.join(config.inputs)} hold no samples; check the paths")
     shards.sort(key=lambda s: s.name)
     manifest = Manifest(
@@ -291,10 +312,30 @@ def preprocess(config: PreprocessConfig, log: Callable[[str], None] = print) -> 
         stats={**asdict(total), "seconds": round(time.time() - started, 2)}, settings=run.settings(),
         root=os.path.abspath(config.out),
     )
-    manifest.save(config.out)
+    if config.num_parts == 1:
+        manifest.save(config.out)
+    else:
+        write_part(config.out, config.share, manifest)
     shutil.rmtree(run.progress_dir, ignore_errors=True)
-    log(f"preprocess: {total.summary()}; {len(shards)} shard(s) in {config.out}")
-    return manifest
+    log(f"preprocess: {total.summary()}; {len(shards)} shard(s) in {config.out}"
+        + (f" (part {config.part} of {config.num_parts})" if config.num_parts > 1 else ""))
+    return _finish_parts(run, manifest, log)
+
+
+def _finish_parts(run: _Run, manifest: Manifest, log: Callable[[str], None]) -> Manifest:
+    """With parts: write dataset.json when every part is done (waiting for them if asked); else `manifest`."""
+    c = run.config
+    if c.num_parts == 1 or os.path.exists(os.path.join(c.out, MANIFEST_NAME)):
+        return manifest
+    try:  # the shared progress folder, once no part has work in it
+        os.rmdir(os.path.join(c.out, PROGRESS_DIR))
+    except OSError:
+        pass
+    joined = finish_parts(c.out, c.num_parts, c.wait_for_parts, log)
+    if joined is not None:
+        log(f"preprocess: all {c.num_parts} parts done; {joined.num_samples} samples in {len(joined.shards)} "
+            f"shard(s) listed in {os.path.join(c.out, MANIFEST_NAME)}")
+    return joined or manifest
 
 
 def preprocess_paths(inputs: Sequence[str], text_tokenizer: str, image_tokenizer: str, out: str, **kwargs: Any) -> Manifest:

@@ -162,7 +162,7 @@ class Manifest:
     def save(self, folder: str) -> str:
         """Write dataset.json atomically into `folder`; returns its path."""
         path = os.path.join(folder, MANIFEST_NAME)
-        tmp = path + ".partial"
+        tmp = f"{path}.{os.getpid()}.partial"  # parts finishing together each write their own, then rename
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(self.to_dict(), f, indent=1, ensure_ascii=False)
         os.replace(tmp, path)

@@ -119,6 +119,20 @@ def _tar_items(path: str) -> Iterator[RawItem]:
         yield RawItem(f"{e.key or 'tail'}_broken", "", error=str(e))
 
 
+def input_files(inputs: Sequence[str]) -> list[str]:
+    """The inputs with folders of .tar shards expanded into their tars: the units preprocessing parts split."""
+    files: list[str] = []
+    for path in inputs:
+        if not os.path.exists(path):
+            raise DataError(f"input {path} not found; pass JSONL/TSV files, image folders or .tar shards")
+        tars = sorted(f for f in os.listdir(path) if f.endswith(".tar")) if os.path.isdir(path) else []
+        if tars and not any(f.rsplit(".", 1)[-1].lower() in IMAGE_EXTS for f in os.listdir(path)):
+            files += [os.path.join(path, t) for t in tars]
+        else:
+            files.append(path)
+    return files
+
+
 def iter_inputs(
     inputs: Sequence[str], caption_column: str | None = None, image_column: str | None = None
 ) -> Iterator[RawItem]:
