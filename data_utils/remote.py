@@ -17,7 +17,7 @@ from urllib.parse import urljoin
 from braceexpand import braceexpand
 
 from .errors import DataError
-from .wds import Sample, ShardReadError, iter_tar
+from .wds import Sample, ShardReadError, iter_tar, open_url
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 _TAR_NAME = re.compile(r"([^/\s'\"]+\.tar(?:\.gz|\.bz2|\.xz)?)(?=$|[\s'\"?#;|&)])")
@@ -56,13 +56,6 @@ def sibling(manifest_location: str, name: str) -> str:
                             "dataset.json); list the shards by full URL in dataset.json (cogview data-merge --shard-urls)")
         return manifest_location[:at] + name + manifest_location[at + len("dataset.json"):]
     return urljoin(manifest_location, name)
-
-
-def open_url(url: str):  # noqa: ANN201 - a webdataset stream (file-like)
-    """A readable stream of `url` from webdataset's opener (pipe:, http(s)://, s3 via pipe:, ...)."""
-    from webdataset.gopen import gopen
-
-    return gopen(url, "rb")
 
 
 def read_url(url: str) -> bytes:

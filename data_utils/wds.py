@@ -1,10 +1,11 @@
-"""The one place that imports webdataset: tar shard writing (atomic) and fault-aware tar reading."""
+"""The one place that imports webdataset: tar shard writing (atomic), fault-aware tar reading, the URL opener."""
 from __future__ import annotations
 
 import os
 import re
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
+from webdataset.gopen import gopen
 from webdataset.writer import TarWriter
 
 from .errors import DataError
@@ -34,6 +35,12 @@ def safe_key(key: str) -> str:
     if not cleaned:
         raise DataError(f"sample key {key!r} is empty after cleaning; give every sample a non-empty key")
     return cleaned
+
+
+def open_url(url: str) -> BinaryIO:
+    """A readable stream of a shard URL from webdataset's opener (`pipe:CMD` through a shell, http(s) through curl,
+    ...); a command that exits non-zero raises OSError on a read or at close."""
+    return gopen(url, "rb")
 
 
 class AtomicTarWriter:
