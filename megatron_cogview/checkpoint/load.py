@@ -68,11 +68,20 @@ def load_model(
             f"uses {state.tp_size}; convert it first: cogview convert --load {load} --save NEW_DIR "
             f"--target-tp {state.tp_size}"
         )
-    model = CogViewModel(meta.model_config(), state, device=device, dtype=dtype)
     module = read_module(load, it, state.tp_rank, log=log)
-    missing, unexpected = model.load_state_dict(module, strict=False)
+    # Built on the meta device and then given the checkpoint's tensors: no random init of every weight first.
+    model = CogViewModel(meta.model_config(), state, device="meta", dtype=dtype)
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    shapes = model.state_dict()
+    for key, value in module.items():
+        if key in shapes and shapes[key].shape != value.shape:
+            raise CheckpointError(f"checkpoint weight {key!r} has shape {tuple(value.shape)} but the model described "
+                                  f"by its metadata needs {tuple(shapes[key].shape)}: the checkpoint is inconsistent")
+    module = {k: v.to(target, shapes[k].dtype if k in shapes and v.is_floating_point() else v.dtype)
+              for k, v in module.items()}
+    missing, unexpected = model.load_state_dict(module, strict=False, assign=True)
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint weights do not fit the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
-    return model, meta
+    return model.to(target), meta  # .to() moves the RNG tracker along

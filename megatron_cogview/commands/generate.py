@@ -22,6 +22,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1234, help="base seed (each sample's seed is derived from it)")
     p.add_argument("--max-batch", type=int, default=16, help="max sequences per forward (max_inference_batch_size)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="weights and compute: fp32, or bf16/fp16 "
+                   "(half the memory; fp16 is for GPUs)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,11 +49,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sr_command.register(tasks, _common)
 
 
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+def _dtype(name: str) -> Any:
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
 def _device(name: str) -> Any:
     import torch
 
+    from megatron_cogview.parallel.state import default_device
+
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return default_device()
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
     return torch.device(name)
@@ -67,7 +80,7 @@ def load_for_generation(args: argparse.Namespace, load: str):  # type: ignore[no
     from tokenization.unified import UnifiedTokenizer
 
     device = _device(args.device)
-    model, meta = load_model(load, ParallelState.single(), device=device)
+    model, meta = load_model(load, ParallelState.single(), device=device, dtype=_dtype(getattr(args, "dtype", "fp32")))
     rec = meta.tokenizers
     text_path = args.text_tokenizer or rec.get("text", "")
     image_path = args.image_tokenizer or rec.get("image", "")
