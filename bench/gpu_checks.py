@@ -210,13 +210,22 @@ def generation(s: Sizes) -> dict[str, Any]:
     out: dict[str, Any] = {"model": f"{cfg.num_layers}x{cfg.hidden_size}, vocab {cfg.vocab_size}", "dtype": str(dtype),
                            "new_tokens": s.gen_tokens, "runs": []}
     image_range = (0, min(8192, cfg.vocab_size))
+    modes = {"eager": {}, "cuda_graphs": {"cuda_graphs": True}} if cuda else {"eager": {}, "static": {"static_shapes": True}}
+    ok = True
     for b in s.gen_batches:
         prompts = list(torch.randint(0, cfg.vocab_size, (b, prompt_len)))
-        config = GenerationConfig(top_k=200, seed=1, max_inference_batch_size=b)
-        sec = timed(lambda: generate_image_codes(model, prompts, s.gen_tokens, image_range, config), s.device, repeat=2)
-        out["runs"].append({"batch": b, "s_per_image": round(sec / b, 4), "tokens_per_s": round(b * s.gen_tokens / sec, 1)})
-    out["cuda_graphs"] = "not measured: the decode step is not shape-static yet"
-    out["ok"] = all(math.isfinite(r["tokens_per_s"]) for r in out["runs"])
+        codes = {}
+        for mode, flags in modes.items():
+            config = GenerationConfig(top_k=200, seed=1, max_inference_batch_size=b, **flags)
+            sec = timed(lambda: codes.__setitem__(mode, generate_image_codes(model, prompts, s.gen_tokens, image_range,
+                                                                            config)), s.device, repeat=2)
+            out["runs"].append({"batch": b, "mode": mode, "s_per_image": round(sec / b, 4),
+                                "tokens_per_s": round(b * s.gen_tokens / sec, 1)})
+        # bf16 on a GPU may break near-ties differently; fp32 on CPU must agree token for token
+        same = [torch.equal(codes["eager"], c) for c in codes.values()]
+        out.setdefault("same_tokens", []).append(all(same))
+        ok &= all(same) or cuda
+    out["ok"] = bool(ok) and all(math.isfinite(r["tokens_per_s"]) for r in out["runs"])
     if cuda:
         out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return out

@@ -8,7 +8,7 @@ Stages (each prints one JSON line and one human line; `--skip a,b` or `--only a,
   mfu        24 layers x 2560 (the 4B width), bf16, SDPA, ZeRO-1, seq 1088, with and without activation
              checkpointing: tokens/s, TFLOP/s and MFU as the trainer logs them
   generate   4B-shaped model with random weights (meta-device build, initialised on the GPU), bf16,
-             1024 image tokens at batch 1 and 8: seconds per image and tokens/s
+             1024 image tokens at batch 1 and 8: seconds per image and tokens/s, eager and with CUDA graphs
   fp16       the paper's stability claim: 48 x 256 in fp16 with dynamic loss scaling, Pre-LN + plain attention
              vs Sandwich-LN + PB-relax: skipped steps, loss scale, largest activation
   tp         tp=2 over gloo with both processes on one device vs tp=1: equal losses

@@ -24,6 +24,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="weights and compute: fp32, or bf16/fp16 "
                    "(half the memory; fp16 is for GPUs)")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay each decode step as a CUDA graph (GPU only; "
+                   "removes the per-token kernel-launch cost of large models)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decode step (pays compile time once)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -99,7 +102,8 @@ def _gen_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from megatron_cogview.generation import GenerationConfig
 
     return GenerationConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                            max_inference_batch_size=args.max_batch)
+                            max_inference_batch_size=args.max_batch, cuda_graphs=args.cuda_graphs,
+                            compile_step=args.compile)
 
 
 def run_text2image(args: argparse.Namespace) -> int:

@@ -32,6 +32,13 @@ class GenerationConfig:
     """Base seed; each sample draws from its own generator, so a sample does not depend on its batch."""
     max_inference_batch_size: int = 16
     """Most sequences per forward pass; bigger batches are split into chunks of this size."""
+    static_shapes: bool = False
+    """Shape-static decode steps (attend over the whole preallocated cache under a device-side mask): the same
+    tokens, a little more attention work per step; what CUDA graphs and torch.compile need."""
+    cuda_graphs: bool = False
+    """Capture the decode step as a CUDA graph once per batch chunk and replay it (CUDA only; static shapes)."""
+    compile_step: bool = False
+    """torch.compile the decode step (static shapes; the first chunk pays the compile time)."""
 
     def __post_init__(self) -> None:
         require(self.temperature >= 0.0, f"temperature={self.temperature} must be >= 0 (0 means greedy)")
@@ -45,6 +52,11 @@ class GenerationConfig:
             isinstance(self.max_inference_batch_size, int) and self.max_inference_batch_size >= 1,
             f"max_inference_batch_size={self.max_inference_batch_size!r} must be an integer >= 1",
         )
+
+    @property
+    def static(self) -> bool:
+        """True when decode steps must keep fixed shapes."""
+        return self.static_shapes or self.cuda_graphs or self.compile_step
 
     @property
     def greedy(self) -> bool:

@@ -18,6 +18,7 @@ import torch
 from megatron_cogview.generation.config import GenerationConfig, require
 from megatron_cogview.generation.logits import IdRanges, range_logits
 from megatron_cogview.generation.sampling import draw_uniforms, sample
+from megatron_cogview.generation.static_step import StaticStep
 from megatron_cogview.model import CogViewModel
 
 Prompt = Sequence[int] | torch.Tensor
@@ -148,6 +149,10 @@ def _decode_chunk(
     hidden = model.hidden_states(tokens, positions, mask, cache)  # [c, L, h]
     last = hidden[torch.arange(len(prompts), device=device), lens - 1]  # [c, h] at each prompt's end
     next_pos = lens.clone()  # [c]
+    if choose.config.static and not stops.numel():
+        _static_steps(StaticStep(model, cache, choose, key_valid, choose.config), choose(last, uniforms[:, 0]),
+                      next_pos, uniforms, index, out)
+        return
     for t in range(steps):
         token = choose(last, uniforms[:, t])  # [c]
         out[index, t] = token
@@ -168,3 +173,13 @@ def _decode_chunk(
         hidden = model.hidden_states(token.unsqueeze(1), next_pos.unsqueeze(1), step_mask, cache)  # [c, 1, h]
         last = hidden[:, -1]
         next_pos = next_pos + 1
+
+
+def _static_steps(step: StaticStep, token: torch.Tensor, position: torch.Tensor, uniforms: torch.Tensor,
+                  index: torch.Tensor, out: torch.Tensor) -> None:
+    """Decode with fixed-shape steps (no stop ids): feed each new token, draw the next, until out is full."""
+    out[index, 0] = token
+    for t in range(1, out.size(1)):
+        token = step(token, position, uniforms[:, t])  # [c]
+        position = position + 1
+        out[index, t] = token

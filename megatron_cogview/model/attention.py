@@ -113,6 +113,19 @@ class KVCache:
         self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(num_layers)]
         self.max_len = max_len
         self.length = 0  # tokens already stored (same for every layer once a forward completes)
+        self.slot: torch.Tensor | None = None  # static mode: the device-side write position (see make_static)
+
+    def make_static(self) -> "KVCache":
+        """Switch one-token appends to shape-static writes at a device-side slot (CUDA graphs, torch.compile).
+
+        A static append writes K/V at `slot` and returns the whole preallocated cache, so every decode step
+        has the same shapes; the caller masks slots beyond `slot` out of attention. From here on `slot`
+        counts stored tokens on the device and `length` stays where it was (no Python int changes per step).
+        """
+        for buffer in (*self.keys, *self.values):  # unwritten slots are masked, but 0 * NaN garbage is NaN
+            buffer[:, :, self.length :].zero_()
+        self.slot = torch.full((), self.length, dtype=torch.long, device=self.keys[0].device)
+        return self
 
     @property
     def batch_size(self) -> int:
@@ -120,6 +133,10 @@ class KVCache:
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v [b, n, s_new, d] after the current length; return all keys/values so far."""
+        if self.slot is not None and k.size(2) == 1:  # static step: every slot, written at a device position
+            self.keys[layer].index_copy_(2, self.slot.view(1), k)
+            self.values[layer].index_copy_(2, self.slot.view(1), v)
+            return self.keys[layer], self.values[layer]  # [b, n, max_len, d]
         start, end = self.length, self.length + k.size(2)
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {end} tokens exceed its capacity of {self.max_len}")
@@ -129,6 +146,9 @@ class KVCache:
 
     def advance(self, n: int) -> None:
         """Mark n more tokens as stored (called once per model forward)."""
+        if self.slot is not None:
+            self.slot.add_(n)
+            return
         self.length += n
 
     def reorder(self, index: torch.Tensor) -> None:

@@ -44,7 +44,9 @@ def test_tiny_validation_runs_every_stage(tmp_path: Path) -> None:
     assert results["launcher"]["iterations"] == [1, 2, 3, 4, 5, 6]
     assert [r["checkpoint_activations"] for r in results["mfu"]["runs"]] == [False, True]
     assert all(r["tokens_per_s"] > 0 for r in results["mfu"]["runs"])
-    assert [r["batch"] for r in results["generate"]["runs"]] == [1, 2]
+    assert [(r["batch"], r["mode"]) for r in results["generate"]["runs"]] == [
+        (1, "eager"), (1, "static"), (2, "eager"), (2, "static")]
+    assert results["generate"]["same_tokens"] == [True, True]
     assert set(results["fp16"]["arms"]) == {"pre-ln+plain", "sandwich+pb-relax"}
     assert results["tp"]["tp1"] == pytest.approx(results["tp"]["tp2"], rel=1e-4)
     assert "[ok ] tp" in proc.stdout and "7/7 stages ok" in proc.stdout
