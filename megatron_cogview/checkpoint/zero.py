@@ -143,7 +143,9 @@ def gather_fp32(directory: Path, tp_rank: int, *, trust_pickle: bool = False) ->
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # the reader prints progress to stdout
                 lazy = z2f.get_fp32_state_dict_from_zero_checkpoint(view, tag=tag, lazy_mode=True)
-            # one parameter at a time; clone() detaches ZeRO-1/2 views from the mapped optimizer files
-            return {name: t.contiguous().clone() for name, t in lazy.items()}
+            # one parameter at a time: ZeRO-3 values are assembled into new tensors by contiguous(); ZeRO-1/2
+            # values are views of the mapped optimizer files, which clone() detaches
+            return {name: t.contiguous().clone() if isinstance(t, torch.Tensor) else t.contiguous()
+                    for name, t in lazy.items()}
         except (ValueError, FileNotFoundError, KeyError) as e:
             raise CheckpointError(f"cannot consolidate tp rank {tp_rank} of {directory}: {e}") from None

@@ -14,7 +14,6 @@ from megatron_cogview.parallel import unshard
 from tests.checkpoint.helpers import tiny
 from tests.distributed import run_distributed
 
-pytest.importorskip("deepspeed")
 torch.set_num_threads(1)
 STEPS = 2
 
