@@ -260,7 +260,7 @@ class TrainConfig:
     exit_interval: int = 0
     """Save and exit 0 once the iteration is a multiple of this (0: run to train_iters); for job time limits."""
     max_consecutive_skips: int = 10
-    """Abort after this many consecutive steps skipped for a non-finite loss."""
+    """Stop (exit 2) after more than this many consecutive skipped steps of any cause (0: never)."""
     tensorboard_dir: str = ""
     """Also write scalars to TensorBoard here (needs the [tensorboard] extra)."""
     peak_tflops: float = 0.0

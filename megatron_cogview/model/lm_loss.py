@@ -23,7 +23,10 @@ def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.dtype == torch.float32:
         return torch.mm(a, b)
     if a.is_cuda:
-        return torch.mm(a, b, out_dtype=torch.float32)
+        try:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        except (RuntimeError, TypeError):  # a build or layout without the mixed-dtype kernel: exact, slower
+            pass
     return torch.mm(a.float(), b.float())  # CPU has no mixed-dtype mm
 
 

@@ -8,6 +8,7 @@ fused <= 1.25 x unfused (and the same for the full hidden and weight gradients).
 """
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -52,6 +53,25 @@ def test_fused_loss_fp16_gradients_match_the_unfused_fp16_path() -> None:
     for i in range(2):
         ref = (h64.grad, w64.grad)[i]
         assert _rel(fused[i], ref) <= 1.25 * _rel(unfused[i], ref) + 1e-6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (the CUDA mixed-dtype matmul path)")
+def test_fused_loss_fp16_on_cuda_matches_the_unfused_path() -> None:
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(N, H, generator=g).half().cuda()
+    weight = (torch.randn(V, H, generator=g) * 0.02).half().cuda()
+    labels = torch.randint(0, V, (N,), generator=g).cuda()
+    w = torch.ones(N, device="cuda")
+    h64, w64 = hidden.double().requires_grad_(), weight.double().requires_grad_()
+    F.cross_entropy(h64 @ w64.t(), labels, reduction="sum").backward()
+    errs = []
+    for fused in (True, False):
+        h, wt = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        total = fused_lm_loss(h, wt, labels, w, None)[0] if fused else (
+            F.cross_entropy((h @ wt.t()).float(), labels, reduction="none") * w).sum()
+        (total * LOSS_SCALE).backward()
+        errs.append(_rel(wt.grad.double() / LOSS_SCALE, w64.grad))
+    assert errs[0] <= 1.25 * errs[1], errs
 
 
 def test_pb_relax_layernorm_scale_is_computed_in_fp32() -> None:
