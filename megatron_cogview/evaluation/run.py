@@ -76,14 +76,14 @@ def _open_run(out: Path, fingerprint: dict[str, Any], overwrite: bool) -> Path:
 
 def _done(samples: Path, draws: int) -> dict[str, list[dict]]:
     """Records of captions whose every draw is on disk (a re-run continues after them)."""
-    by_id: dict[str, list[dict]] = {}
+    by_id: dict[str, dict[int, dict]] = {}
     jsonl = samples / "samples.jsonl"
     if jsonl.is_file():
         for line in jsonl.read_text(encoding="utf-8").splitlines():
             rec = json.loads(line)
             if "error" not in rec and (samples / rec["file"]).is_file():
-                by_id.setdefault(rec["id"], {})[rec["sample"]] = rec  # type: ignore[index]
-    return {k: list(v.values()) for k, v in by_id.items() if len(v) == draws}  # type: ignore[attr-defined]
+                by_id.setdefault(rec["id"], {})[int(rec["sample"])] = rec
+    return {k: list(v.values()) for k, v in by_id.items() if len(v) == draws}
 
 
 def generate(model: CogViewModel, tokenizer: UnifiedTokenizer, captions: list[str], settings: EvalSettings,
@@ -124,6 +124,9 @@ def evaluate(model: CogViewModel, tokenizer: UnifiedTokenizer, refs: References,
     from data_utils.checker import check_image
 
     _check(settings, caption_model)
+    if extractor is not None and len(refs.captions) * settings.samples_per_caption < 2:
+        raise ConfigError(f"FID needs at least 2 generated images but {len(refs.captions)} caption(s) x "
+                          f"{settings.samples_per_caption} sample(s) make fewer; raise --samples-per-caption")
     out = Path(out)
     samples = _open_run(out, _fingerprint(settings, refs.captions, checkpoints or {}), overwrite)
     records = generate(model, tokenizer, refs.captions, settings, samples, caption_model, log)
