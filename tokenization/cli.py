@@ -100,7 +100,8 @@ def _add_train_vqvae(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--steps", type=int, default=100_000, help="total optimisation steps (a resumed run continues up to this)"
     )
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="images per step per process (under torchrun: global batch = this x WORLD_SIZE)")
     p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate")
     p.add_argument("--warmup-steps", type=int, default=500, help="linear learning-rate warm-up")
     p.add_argument("--weight-decay", type=float, default=0.0)
@@ -109,7 +110,7 @@ def _add_train_vqvae(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-every", type=int, default=2000, help="checkpoint + export every N steps")
     p.add_argument("--log-every", type=int, default=100, help="log metrics averaged over N steps")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun cuda = cuda:LOCAL_RANK)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (quantiser stays fp32)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     model = p.add_argument_group("model (defaults: CogView's; ignored flags must match the checkpoint when resuming)")

@@ -164,10 +164,17 @@ class ImageFolderDataset(Dataset):
 
 
 class ResumableBatchSampler(Sampler[list[int]]):
-    """Endless batches over a fresh seeded permutation per epoch; starts at any step, so resumes are exact."""
+    """Endless batches over a fresh seeded permutation per epoch; starts at any step, so resumes are exact.
 
-    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int = 0) -> None:
+    With `world` > 1 each global batch of `batch_size` items is cut into `world` equal slices and this sampler
+    yields slice `rank` (data-parallel ranks see disjoint parts of the same global batches)."""
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0,
+                 world: int = 1) -> None:
+        if batch_size % world:
+            raise ValueError(f"global batch {batch_size} is not divisible by {world} ranks")
         self.num_items, self.batch_size, self.seed, self.start_step = num_items, batch_size, seed, start_step
+        self.rank, self.world = rank, world
 
     def _epoch(self, epoch: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -186,7 +193,8 @@ class ResumableBatchSampler(Sampler[list[int]]):
                 if offset >= self.num_items:
                     epoch, offset = epoch + 1, 0
                     order = self._epoch(epoch)
-            yield batch
+            share = self.batch_size // self.world
+            yield batch[self.rank * share : (self.rank + 1) * share]
 
     def __len__(self) -> int:  # endless; DataLoader only needs a number
         return sys.maxsize

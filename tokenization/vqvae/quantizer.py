@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -43,6 +44,9 @@ class EMAQuantizer(nn.Module):
         self.register_buffer("cluster_size", torch.ones(codebook_size))  # [K] EMA of counts per batch
         self.register_buffer("embed_avg", self.codebook.clone())  # [K, d] EMA of summed vectors
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        # Data-parallel training: every rank holds an equal share of the batch; the EMA statistics and the
+        # re-seeding draws are taken over the whole (rank-ordered) batch, so all ranks keep the same codebook.
+        self.distributed = False
 
     @torch.no_grad()
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
@@ -86,7 +90,7 @@ class EMAQuantizer(nn.Module):
     def init_codebook(self, flat: torch.Tensor) -> None:
         """Initialise the codebook from random encoder outputs flat [n, d] (k-means-style seeding)."""
         picks = self._sample(flat, self.codebook_size)
-        mean_count = flat.shape[0] / self.codebook_size
+        mean_count = self._rows(flat) / self.codebook_size
         self.codebook.copy_(picks)
         self.cluster_size.fill_(mean_count)
         self.embed_avg.copy_(picks * mean_count)
@@ -97,6 +101,10 @@ class EMAQuantizer(nn.Module):
         """One EMA step: cluster sizes and sums move toward this batch's; codebook = smoothed means."""
         counts = torch.bincount(codes, minlength=self.codebook_size).to(flat.dtype)  # [K]
         sums = torch.zeros_like(self.embed_avg).index_add_(0, codes, flat.to(self.embed_avg.dtype))  # [K, d]
+        if self.distributed:  # the whole batch's counts and sums (one fused all-reduce)
+            stats = torch.cat([counts.unsqueeze(1), sums], dim=1)  # [K, 1 + d]
+            dist.all_reduce(stats)
+            counts, sums = stats[:, 0], stats[:, 1:]
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.embed_avg.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         total = self.cluster_size.sum()
@@ -114,19 +122,29 @@ class EMAQuantizer(nn.Module):
         """Move dead codes onto random encoder outputs of this batch (no host sync)."""
         if self.dead_code_threshold <= 0:
             return
-        dead = self.dead_codes(flat.shape[0])  # [K]
+        dead = self.dead_codes(self._rows(flat))  # [K]
         picks = self._sample(flat, self.codebook_size)  # [K, d]
-        mean_count = flat.shape[0] / self.codebook_size
+        mean_count = self._rows(flat) / self.codebook_size
         self.codebook.copy_(torch.where(dead.unsqueeze(1), picks, self.codebook))
         self.embed_avg.copy_(torch.where(dead.unsqueeze(1), picks * mean_count, self.embed_avg))
         self.cluster_size.copy_(torch.where(dead, torch.full_like(self.cluster_size, mean_count), self.cluster_size))
 
-    @staticmethod
-    def _sample(flat: torch.Tensor, k: int) -> torch.Tensor:
-        """k random rows of flat (without replacement when possible)."""
-        n = flat.shape[0]
+    def _rows(self, flat: torch.Tensor) -> int:
+        """Rows of the whole batch: this rank's times the number of ranks when distributed."""
+        return flat.shape[0] * (dist.get_world_size() if self.distributed else 1)
+
+    def _sample(self, flat: torch.Tensor, k: int) -> torch.Tensor:
+        """k random rows of the whole batch (without replacement when possible); the same draw on every rank."""
+        n = self._rows(flat)
         if n >= k:
             index = torch.randperm(n, device=flat.device)[:k]
         else:
             index = torch.randint(0, n, (k,), device=flat.device)
-        return flat[index]
+        if not self.distributed:
+            return flat[index]
+        # rows of the rank-ordered concatenation: each rank fills in the rows it holds, zeros elsewhere, summed
+        local, start = flat.shape[0], dist.get_rank() * flat.shape[0]
+        mine = (index >= start) & (index < start + local)
+        rows = torch.where(mine.unsqueeze(1), flat[(index - start).clamp(0, local - 1)], torch.zeros_like(flat[:1]))
+        dist.all_reduce(rows)
+        return rows

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from tokenization.errors import TokenizationError
@@ -31,7 +33,7 @@ class TrainOptions:
     data: list[str]
     out: Path
     steps: int = 100_000
-    batch_size: int = 32
+    batch_size: int = 32  # images per step in each process (under torchrun the global batch is this x WORLD_SIZE)
     lr: float = 3e-4
     warmup_steps: int = 500
     weight_decay: float = 0.0
@@ -62,6 +64,13 @@ class UsageMeter:
         self.sums = values if self.sums is None else self.sums + values
         self.steps += 1
 
+    def all_reduce(self) -> None:
+        """Turn this rank's window into the window over all ranks (counts summed, means averaged)."""
+        assert self.counts is not None and self.sums is not None
+        dist.all_reduce(self.counts)
+        dist.all_reduce(self.sums)
+        self.sums = self.sums / dist.get_world_size()
+
     def summary(self) -> dict[str, float]:
         """Means over the window, PSNR, perplexity and the fraction of codes used."""
         assert self.counts is not None and self.sums is not None and self.steps > 0
@@ -84,11 +93,39 @@ class TrainResult:
     step: int
     metrics: dict[str, float] = field(default_factory=dict)
     out: Path = Path(".")
+    model: VQVAE | None = None  # the trained model (on every rank of a multi-process run)
 
 
-def _device(name: str) -> torch.device:
+@dataclass(frozen=True)
+class _World:
+    """This process's place among the data-parallel training processes (one of one without a launcher)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    created: bool = False  # this call started the process group (and ends it)
+
+
+def _join_world(device: str) -> _World:
+    """Join torch.distributed when a launcher (torchrun, deepspeed, srun) started several processes."""
+    if dist.is_available() and dist.is_initialized():
+        return _World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), False)
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return _World()
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    cuda = torch.cuda.is_available() and device != "cpu"
+    if cuda:
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return _World(dist.get_rank(), dist.get_world_size(), local, True)
+
+
+def _device(name: str, world: _World = _World()) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and world.size > 1:
+        name = f"cuda:{world.local_rank}"  # one GPU per process
     try:
         device = torch.device(name)
     except RuntimeError as e:
@@ -113,7 +150,7 @@ def _lr_scale(step: int, warmup: int) -> float:
 
 
 def _save_checkpoint(
-    path: Path, model: VQVAE, optimizer: torch.optim.Optimizer, step: int, options: TrainOptions
+    path: Path, model: VQVAE, optimizer: torch.optim.Optimizer, step: int, options: TrainOptions, batch_size: int
 ) -> None:
     """Everything needed to continue bit for bit: weights, codebook EMA, optimiser, RNG, data position."""
     state = {
@@ -124,7 +161,7 @@ def _save_checkpoint(
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "seed": options.seed,
-        "batch_size": options.batch_size,
+        "batch_size": batch_size,  # global: per process x processes
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
@@ -146,8 +183,19 @@ def load_checkpoint(path: Path) -> dict:
 def train_vqvae(config: VQVAEConfig, options: TrainOptions, log: Callable[[str], None] = print) -> TrainResult:
     """Train (or resume) a VQ-VAE and export model.safetensors + config.json into options.out."""
     _validate(options)
-    device = _device(options.device)
+    world = _join_world(options.device)
+    try:
+        return _train(config, options, world, log if world.rank == 0 else (lambda _: None))
+    finally:
+        if world.created:
+            dist.destroy_process_group()
+
+
+def _train(config: VQVAEConfig, options: TrainOptions, world: _World, log: Callable[[str], None]) -> TrainResult:
+    """train_vqvae in one process of `world` (rank 0 logs and saves)."""
+    device = _device(options.device, world)
     sources = find_images(options.data)  # before creating anything, so a bad --data leaves no trace
+    global_batch = options.batch_size * world.size
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out / CHECKPOINT_NAME
@@ -159,16 +207,18 @@ def train_vqvae(config: VQVAEConfig, options: TrainOptions, log: Callable[[str],
                 f"the checkpoint in {str(out)!r} was trained with a different model config; "
                 "drop the model flags when resuming or use a new --out"
             )
-        if checkpoint["batch_size"] != options.batch_size or checkpoint["seed"] != options.seed:
-            log("warning: --batch-size/--seed differ from the checkpoint; the data order will not match the first run")
+        if checkpoint["batch_size"] != global_batch or checkpoint["seed"] != options.seed:
+            log("warning: the global batch (--batch-size x processes) or --seed differs from the checkpoint; "
+                "the data order will not match the first run")
     elif checkpoint_path.exists():
         raise TokenizationError(
             f"{str(out)!r} already holds a training checkpoint; pass --resume to continue it or pick a new --out"
         )
 
     dataset = ImageFolderDataset(sources, config.image_size, config.normalize_mean, config.normalize_std)
-    torch.manual_seed(options.seed)
+    torch.manual_seed(options.seed)  # the same on every rank: same initial weights and codebook draws
     model = VQVAE(config).to(device)
+    model.quantizer.distributed = world.size > 1
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if p.dim() <= 1 else decay).append(p)
@@ -188,10 +238,15 @@ def train_vqvae(config: VQVAEConfig, options: TrainOptions, log: Callable[[str],
         log(f"resumed from {checkpoint_path} at step {start}")
     if start >= options.steps:
         log(f"checkpoint is already at step {start} >= --steps {options.steps}; nothing to do")
-        save_pretrained(model, out)
-        return TrainResult(start, {}, out)
+        if world.rank == 0:
+            save_pretrained(model, out)
+        return TrainResult(start, {}, out, model)
 
-    sampler = ResumableBatchSampler(len(dataset), options.batch_size, options.seed, start_step=start)
+    # gradients are averaged over ranks; the codebook is kept equal by the quantiser itself (no buffer broadcast)
+    step_model = model if world.size == 1 else DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+    sampler = ResumableBatchSampler(len(dataset), global_batch, options.seed, start_step=start, rank=world.rank,
+                                    world=world.size)
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -202,18 +257,21 @@ def train_vqvae(config: VQVAEConfig, options: TrainOptions, log: Callable[[str],
         generator=torch.Generator().manual_seed(options.seed),  # keeps the global RNG untouched
     )
     log(
-        f"training VQ-VAE on {len(dataset)} images, {device}, {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"training VQ-VAE on {len(dataset)} images, {device}"
+        + (f" x {world.size} processes (global batch {global_batch})" if world.size > 1 else "")
+        + f", {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"grid {config.grid_size}x{config.grid_size}, codebook {config.codebook_size}x{config.code_dim}"
     )
     show_bar = sys.stderr.isatty() if options.progress is None else options.progress
     from tqdm import tqdm  # light, but only needed here
 
-    bar = tqdm(total=options.steps, initial=start, disable=not show_bar, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=options.steps, initial=start, disable=not show_bar or world.rank != 0, unit="step",
+               dynamic_ncols=True)
     mean = torch.tensor(config.normalize_mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(config.normalize_std, device=device).view(1, -1, 1, 1)
     meter = UsageMeter(config.codebook_size)
     metrics: dict[str, float] = {}
-    log_file = (out / LOG_NAME).open("a", encoding="utf-8")
+    log_file = (out / LOG_NAME).open("a", encoding="utf-8") if world.rank == 0 else None
     model.train()
     step = start
     began = time.perf_counter()
@@ -223,7 +281,7 @@ def train_vqvae(config: VQVAEConfig, options: TrainOptions, log: Callable[[str],
             for group in optimizer.param_groups:
                 group["lr"] = options.lr * _lr_scale(step, options.warmup_steps)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=options.amp and device.type == "cuda"):
-                result = model(batch)
+                result = step_model(batch)
             optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
             if options.grad_clip > 0:
@@ -236,6 +294,8 @@ def train_vqvae(config: VQVAEConfig, options: TrainOptions, log: Callable[[str],
             meter.add(result.counts, result.reconstruction_loss.detach(), result.commitment_loss.detach(), mse01)
             bar.update(1)
             if step % options.log_every == 0 or step == options.steps:
+                if world.size > 1:  # the window's figures over every rank's images
+                    meter.all_reduce()
                 metrics = meter.summary()
                 elapsed = time.perf_counter() - began
                 log(
@@ -243,17 +303,19 @@ def train_vqvae(config: VQVAEConfig, options: TrainOptions, log: Callable[[str],
                     f"commit {metrics['commit_loss']:.5f} perplexity {metrics['perplexity']:.1f} "
                     f"codes_used {metrics['codes_used']:.3f} ({elapsed:.0f}s)"
                 )
-                log_file.write(json.dumps({"step": step, **metrics}) + "\n")
-                log_file.flush()
+                if log_file is not None:
+                    log_file.write(json.dumps({"step": step, **metrics}) + "\n")
+                    log_file.flush()
                 bar.set_postfix(psnr=f"{metrics['psnr']:.1f}", used=f"{metrics['codes_used']:.2f}")
                 meter = UsageMeter(config.codebook_size)
-            if step % options.save_every == 0 or step == options.steps:
-                _save_checkpoint(checkpoint_path, model, optimizer, step, options)
+            if world.rank == 0 and (step % options.save_every == 0 or step == options.steps):
+                _save_checkpoint(checkpoint_path, model, optimizer, step, options, global_batch)
                 save_pretrained(model, out)
             if step >= options.steps:
                 break
     finally:
         bar.close()
-        log_file.close()
+        if log_file is not None:
+            log_file.close()
     log(f"saved {out / 'model.safetensors'} and {out / 'config.json'} (step {step})")
-    return TrainResult(step, metrics, out)
+    return TrainResult(step, metrics, out, model)
