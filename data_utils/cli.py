@@ -68,6 +68,13 @@ def _add_preprocess(subparsers: argparse._SubParsersAction) -> None:
     d = p.add_argument_group("several processes (torchrun / SLURM set RANK+WORLD_SIZE or SLURM_PROCID+SLURM_NTASKS)")
     d.add_argument("--num-parts", type=int, default=None, help="split the input files into this many parts ...")
     d.add_argument("--part", type=int, default=None, help="... and process this one (0-based; e.g. a SLURM array index)")
+    st = p.add_argument_group("caption-free style data (inputs are image folders; captions come from the template)")
+    st.add_argument("--style", default=None, help="one style for every input image, e.g. --style \"oil painting\"")
+    st.add_argument("--style-from-folders", action="store_true",
+                    help="each input folder holds one sub-folder per style; the sub-folder names the style "
+                         "(underscores read as spaces)")
+    st.add_argument("--caption-template", default=None,
+                    help="caption of every image, with {style} (default \"An image of {style} style\")")
     b = p.add_argument_group("the original CogView's binary datasets (instead of inputs)")
     b.add_argument("--from-cogview-bin", nargs="+", metavar="FILE", default=None,
                    help="CompactBinaryDataset files: int32 rows of --bin-text-len text ids (-1 padded) + grid^2 codes")
@@ -93,9 +100,23 @@ def _run_preprocess(args: argparse.Namespace) -> int:
         caption_column=args.caption_column, image_column=args.image_column,
         num_text_tokens=args.num_text_tokens, num_image_tokens=args.num_image_tokens,
         num_parts=part.count, part=part.index, wait_for_parts=part.launched and part.index == 0,
+        styles=_styles(args),
     )
     preprocess(config)
     return 0
+
+
+def _styles(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The StyleCaptions the style flags ask for, or None (captions come from the inputs)."""
+    from .styles import DEFAULT_TEMPLATE, StyleCaptions
+
+    if args.style is None and not args.style_from_folders:
+        if args.caption_template is not None:
+            raise DataError("--caption-template needs --style NAME or --style-from-folders")
+        return None
+    if args.caption_column is not None or args.image_column is not None:
+        raise DataError("--caption-column/--image-column do not apply to style data (captions come from the template)")
+    return StyleCaptions(args.caption_template or DEFAULT_TEMPLATE, args.style, args.style_from_folders)
 
 
 def _run_from_cogview_bin(args: argparse.Namespace) -> int:
@@ -108,7 +129,9 @@ def _run_from_cogview_bin(args: argparse.Namespace) -> int:
                         "and join them with `cogview data-merge`")
     ignored = [f for f, v in (("--image-size", args.image_size), ("--caption-column", args.caption_column),
                               ("--image-column", args.image_column), ("--num-text-tokens", args.num_text_tokens),
-                              ("--num-image-tokens", args.num_image_tokens)) if v is not None]
+                              ("--num-image-tokens", args.num_image_tokens), ("--style", args.style),
+                              ("--style-from-folders", args.style_from_folders or None),
+                              ("--caption-template", args.caption_template)) if v is not None]
     if ignored:
         raise DataError(f"{', '.join(ignored)} do not apply to --from-cogview-bin (the rows are already tokenized)")
     config = BinConfig(tuple(args.from_cogview_bin), args.text_tokenizer, args.image_tokenizer, args.out,

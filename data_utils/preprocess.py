@@ -26,6 +26,7 @@ from .parts import Part, finish_parts, part_file, part_prefix, share, write_part
 from .progress import progress
 from .shards import MANIFEST_NAME, Manifest, ShardInfo, storage_dtype
 from .sources import RawItem, input_files, iter_inputs
+from .styles import StyleCaptions, check_style_inputs, with_style_captions
 from .wds import safe_key
 from .writer import TokenRecord, shard_name, write_shard
 
@@ -58,6 +59,7 @@ class PreprocessConfig:
     num_parts: int = 1  # split the input files into this many parts (one per rank or job) ...
     part: int = 0  # ... and process this one
     wait_for_parts: bool = False  # when the last part to finish is not this one, wait for it (rank 0 of a launcher)
+    styles: StyleCaptions | None = None  # caption-free style data: captions from a template (data_utils/styles.py)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -134,6 +136,7 @@ class _Run:
             "image_column": c.image_column, "layout": self.layout.to_dict(),
             "text_tokenizer": self.text.fingerprint(), "image_tokenizer": self.image.fingerprint(),
             **({"num_parts": c.num_parts} if c.num_parts > 1 else {}),
+            **({"styles": c.styles.settings()} if c.styles is not None else {}),
         }
 
     def bad(self, kind: str, key: str, why: str) -> None:
@@ -266,6 +269,9 @@ def _done_shard(run: _Run, index: int) -> dict | None:
 
 def preprocess(config: PreprocessConfig, log: Callable[[str], None] = print) -> Manifest:
     """Tokenize every input pair into shards under config.out; continues an interrupted run; returns the manifest."""
+    if config.styles is not None:
+        counts = check_style_inputs(config.inputs, config.styles)
+        log("preprocess: style captions " + ", ".join(f"{config.styles.caption(k)!r} x {n}" for k, n in counts.items()))
     os.makedirs(config.out, exist_ok=True)
     run = _Run(config, log)
     finished = _check_settings(run)
@@ -279,8 +285,10 @@ def preprocess(config: PreprocessConfig, log: Callable[[str], None] = print) -> 
     pending: tuple[int, list, dict[str, int]] | None = None
     try:
         with progress(None, "preprocess", "sample") as bar:
-            for index, chunk in enumerate(_chunks(iter_inputs(inputs, config.caption_column, config.image_column),
-                                                  config.samples_per_shard)):
+            items = iter_inputs(inputs, config.caption_column, config.image_column)
+            if config.styles is not None:
+                items = with_style_captions(items, config.styles)
+            for index, chunk in enumerate(_chunks(items, config.samples_per_shard)):
                 done = _done_shard(run, index)
                 if done is not None:
                     shards.append(ShardInfo(**done["shard"]))
