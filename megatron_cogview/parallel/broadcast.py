@@ -9,6 +9,14 @@ import torch.distributed as dist
 from megatron_cogview.parallel.state import ParallelState
 
 
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Host tensors reach a GPU through pinned memory and a non-blocking copy (the host does not wait)."""
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
+    return t.to(device)
+
+
 def broadcast_batch(batch: dict[str, Any] | None, state: ParallelState, device: torch.device | str = "cpu") -> dict[str, Any]:
     """Return tp rank 0's `batch` on every tp peer (tensors moved to `device`); others pass None.
 
@@ -18,7 +26,7 @@ def broadcast_batch(batch: dict[str, Any] | None, state: ParallelState, device: 
     if state.tp_size == 1:
         if batch is None:
             raise ValueError("broadcast_batch: tp rank 0 must pass a batch")
-        return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        return {k: (to_device(v, device) if torch.is_tensor(v) else v) for k, v in batch.items()}
     src = state.tp_src_rank
     if state.tp_rank == 0:
         if batch is None:
@@ -40,7 +48,7 @@ def broadcast_batch(batch: dict[str, Any] | None, state: ParallelState, device: 
         _, shape, dtype = info
         wire = torch.uint8 if dtype == torch.bool else dtype  # gloo has no bool collectives
         if state.tp_rank == 0:
-            t = batch[key].to(device=device, dtype=wire).contiguous()
+            t = to_device(batch[key], device).to(dtype=wire).contiguous()
         else:
             t = torch.empty(shape, dtype=wire, device=device)
         dist.broadcast(t, src=src, group=state.tp_group)

@@ -195,6 +195,7 @@ class Trainer:
             if logs and not (self.train.zero_stage == 0 and self.train.precision == "fp32"):
                 self._norm = self._engine_norm()
         else:
+            self._norm = float("nan")  # no gradient was applied
             self._report_skip(kind, finite, keys)
         window.steps += 1
         limit = self.train.max_consecutive_skips
