@@ -13,7 +13,7 @@ from data_utils.writer import TokenRecord, write_token_dataset
 from megatron_cogview.checkpoint.layout import model_states_file, read_latest
 from megatron_cogview.checkpoint.load import load_states
 from tests.training.data import GRID, LAYOUT, SEQ_LEN
-from tests.training.runner import base_args, losses, metrics, train
+from tests.training.runner import base_args, metrics, train
 from tokenization.templates import text_to_image
 
 
