@@ -36,20 +36,21 @@ def reference_logits(p: dict[str, torch.Tensor], tokens: torch.Tensor, c: ModelC
     x = p["word_embeddings.weight"][tokens] + p["transformer.position_embeddings.weight"][:s]
     causal = torch.ones(s, s, dtype=torch.bool).tril()
     for i in range(c.num_layers):
-        q = lambda name: p[f"transformer.layers.{i}.{name}"]  # noqa: E731
-        ln = lambda name, t: _ln(t, q(f"{name}.weight"), q(f"{name}.bias"), c, c.pb_relax_layernorm == "all")  # noqa
+        param = lambda name: p[f"transformer.layers.{i}.{name}"]  # noqa: E731
+        relax = c.pb_relax_layernorm == "all"
+        ln = lambda name, t: _ln(t, param(f"{name}.weight"), param(f"{name}.bias"), c, relax)  # noqa: E731
 
         def attn(t: torch.Tensor) -> torch.Tensor:
-            qkv = t @ q("attention.query_key_value.weight").T + q("attention.query_key_value.bias")
+            qkv = t @ param("attention.query_key_value.weight").T + param("attention.query_key_value.bias")
             qh, kh, vh = (u.reshape(bsz, s, n, d).transpose(1, 2) for u in qkv.chunk(3, dim=-1))
             scores = (qh @ kh.transpose(-1, -2) / math.sqrt(d)).masked_fill(~causal, float("-inf"))
             ctx = (torch.softmax(scores, -1) @ vh).transpose(1, 2).reshape(bsz, s, n * d)
-            return ctx @ q("attention.dense.weight").T + q("attention.dense.bias")
+            return ctx @ param("attention.dense.weight").T + param("attention.dense.bias")
 
         def mlp(t: torch.Tensor) -> torch.Tensor:
-            u = t @ q("mlp.dense_h_to_4h.weight").T + q("mlp.dense_h_to_4h.bias")
+            u = t @ param("mlp.dense_h_to_4h.weight").T + param("mlp.dense_h_to_4h.bias")
             u = 0.5 * u * (1 + torch.tanh(math.sqrt(2 / math.pi) * (u + 0.044715 * u**3)))
-            return u @ q("mlp.dense_4h_to_h.weight").T + q("mlp.dense_4h_to_h.bias")
+            return u @ param("mlp.dense_4h_to_h.weight").T + param("mlp.dense_4h_to_h.bias")
 
         if c.layernorm_order == "sandwich":
             h = x + ln("third_layernorm", attn(ln("input_layernorm", x)))
