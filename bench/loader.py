@@ -7,10 +7,13 @@ Each reader delivers batches of 32 as int64 torch tensors, in random order, with
   ours     StreamingLoader (shuffle buffer 1000, full batch dict: tokens/labels/position_ids/weights/masks/keys)
   memmap   random batches of rows gathered from np.memmap(int32) -> tokens/labels (map-style, batch per item)
   wds      webdataset.WebDataset(shards).shuffle(1000).decode() (.npy) .to_tuple(tokens) .batched(32) -> tokens/labels
+  pipe     ours, with dataset.json naming each shard as `pipe:cat PATH` (the remote-shard path: webdataset's
+           opener, spooled, strict tar reader), as object storage would be read with `pipe:aws s3 cp ... -`
 
 Runs are interleaved (rep 1: every reader/worker setting, rep 2: ...); timing starts at the first batch (worker
 start-up excluded) and covers one epoch. We print min and median samples/s over repeats (higher is better).
-Then `cogview preprocess` images/s at 256 px with a CogView-default-shaped VQ-VAE (random init: speed only).
+Then `cogview preprocess` images/s at 256 px with a CogView-default-shaped VQ-VAE (random init: speed only), in one
+process (0 and 2 decoding workers) and as 2 torchrun ranks (one torch thread each; rate = images / slowest part).
 
     python bench/loader.py                       # ~4-5 minutes on 2 CPU cores
     python bench/loader.py --samples 4000 --repeats 1 --preprocess-images 16   # smoke run
@@ -104,6 +107,18 @@ def memmap(path: str, workers: int) -> Iterable[dict]:
                       prefetch_factor=2 if workers else None)
 
 
+def piped(shards: str) -> str:
+    """A dataset.json (in a sibling folder) that lists the same shards as `pipe:cat PATH` URLs."""
+    from data_utils.shards import Manifest, ShardInfo
+
+    m = Manifest.load(shards)
+    m.shards = [ShardInfo(f"pipe:cat {p}", s.samples) for p, s in zip(m.shard_paths(), m.shards)]
+    out = shards.rstrip("/") + "_pipe"
+    os.makedirs(out, exist_ok=True)
+    m.save(out)
+    return out
+
+
 def _wds_batch(sample: tuple) -> dict:
     tokens = torch.from_numpy(np.asarray(sample[0], dtype=np.int64))  # [b, s]
     return {"tokens": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous()}
@@ -131,9 +146,10 @@ def time_epoch(loader: Iterable[dict]) -> tuple[float, int]:
 
 def bench_loaders(shards: str, mm_path: str, repeats: int, workers: list[int]) -> dict:
     """Interleaved repeats of every (reader, workers); min/median samples/s."""
+    pipe_shards = piped(shards)
     readers: dict[str, Callable[[int], Iterable[dict]]] = {
         "ours": lambda w: ours(shards, w), "memmap_int32": lambda w: memmap(mm_path, w),
-        "webdataset_npy": lambda w: plain_wds(shards, w),
+        "webdataset_npy": lambda w: plain_wds(shards, w), "ours_pipe_cat": lambda w: ours(pipe_shards, w),
     }
     runs: dict[str, list[float]] = {f"{r}/{w}": [] for r in readers for w in workers}
     for rep in range(repeats):
@@ -182,6 +198,32 @@ def bench_preprocess(root: str, images: int, workers: list[int], threads: int) -
                                   "wall_with_startup_s": round(wall, 2), "written": stats["written"]}
         print(f"  preprocess workers={w}: {rate:.2f} images/s ({stats['written']} images, {stats['seconds']} s)",
               flush=True)
+    dst = os.path.join(root, "pre_ranks2")  # two launcher ranks, each its share of the input files
+    lists = _split_jsonl(os.path.join(synth, "captions.jsonl"), 8)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "megatron_cogview.cli", "preprocess", *lists, "--text-tokenizer", str(sp), "--image-tokenizer",
+           os.path.join(root, "vq"), "--out", dst, "--batch-size", "32", "--samples-per-shard", "64"]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, env={**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}, cwd=str(ROOT),
+                   stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    stats = json.loads(Path(dst, "dataset.json").read_text())["stats"]
+    rate = stats["written"] / stats["seconds"]
+    out["ranks2"] = {"images_per_s": round(rate, 2), "per_rank_images_per_s": round(rate / 2, 2),
+                     "slowest_part_seconds": stats["seconds"], "wall_with_startup_s": round(wall, 2),
+                     "written": stats["written"]}
+    print(f"  preprocess 2 ranks: {rate:.2f} images/s ({rate / 2:.2f} per rank)", flush=True)
+    return out
+
+
+def _split_jsonl(path: str, parts: int) -> list[str]:
+    """The lines of a JSONL file dealt into `parts` files beside it (the units ranks split)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines(keepends=True)
+    out = []
+    for i in range(parts):
+        part = Path(path).with_name(f"part{i}.jsonl")
+        part.write_text("".join(lines[i::parts]), encoding="utf-8")
+        out.append(str(part))
     return out
 
 
