@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 LayerNormOrder = Literal["sandwich", "pre", "post"]
-AttentionKernel = Literal["sdpa", "pb-relax", "plain"]
+AttentionKernel = Literal["sdpa", "pb-relax", "plain", "sparse"]
+SparseBackend = Literal["auto", "flex", "sdpa"]
 PBRelaxLayerNorm = Literal["none", "final", "all"]
 
 
@@ -59,7 +60,17 @@ class ModelConfig:
     layernorm_order: LayerNormOrder = "sandwich"
     """LayerNorm placement: sandwich (CogView, 4 LNs per layer), pre (GPT-2) or post (original Transformer)."""
     attention_kernel: AttentionKernel = "sdpa"
-    """Attention kernel: sdpa (torch fused), pb-relax (CogView's overflow-safe softmax) or plain."""
+    """Attention kernel: sdpa (torch fused), pb-relax (CogView's overflow-safe softmax), plain, or sparse
+    (CogView's three-region sparse attention in training; dense causal attention in eval and generation)."""
+    sparse_num_pivot: int = 768
+    """Sparse attention: pivots every query may see, all text tokens plus sampled image tokens to this total."""
+    sparse_window: int = 768
+    """Sparse attention: the causal local window, in tokens (the query itself included)."""
+    sparse_image_tokens: int = 8192
+    """Sparse attention: ids below this are image codes (sampled as pivots); every other id is always a pivot."""
+    sparse_backend: SparseBackend = "auto"
+    """Sparse attention: flex (torch FlexAttention, compiled, no [s, s] mask; CUDA only for training), sdpa (SDPA
+    with a dense [s, s] bias) or auto (flex on CUDA when attention dropout is 0, else sdpa)."""
     pb_relax_alpha: float = 32.0
     """alpha of PB-relax attention: scores are formed at 1/alpha scale."""
     pb_relax_layernorm: PBRelaxLayerNorm = "none"
@@ -90,6 +101,20 @@ class ModelConfig:
         _require(self.pb_relax_ln_target > 0, f"pb_relax_ln_target={self.pb_relax_ln_target} must be > 0")
         _check_choice("layernorm_order", self.layernorm_order, LayerNormOrder)
         _check_choice("attention_kernel", self.attention_kernel, AttentionKernel)
+        _check_choice("sparse_backend", self.sparse_backend, SparseBackend)
+        for name in ("sparse_num_pivot", "sparse_window", "sparse_image_tokens"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and value > 0, f"{name}={value!r} must be a positive integer")
+        _require(
+            not (self.attention_kernel == "sparse" and self.sparse_backend == "flex" and self.attention_dropout > 0),
+            f"attention_dropout={self.attention_dropout}: FlexAttention has no attention dropout; set "
+            "--attention-dropout 0 or --sparse-backend sdpa",
+        )
+        _require(
+            self.attention_kernel != "sparse" or self.sparse_window < self.max_position_embeddings,
+            f"sparse_window={self.sparse_window} covers the whole sequence (max_position_embeddings="
+            f"{self.max_position_embeddings}): sparse attention would be dense; use --attention-kernel sdpa",
+        )
         _check_choice("pb_relax_layernorm", self.pb_relax_layernorm, PBRelaxLayerNorm)
 
     @property

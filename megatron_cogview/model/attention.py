@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from megatron_cogview.model.masks import causal_mask
+from megatron_cogview.model.sparse import SparsePattern, sparse_attention
 from megatron_cogview.parallel.random import MODEL_PARALLEL, RNGTracker, dropout
 
 
@@ -20,7 +21,7 @@ class AttentionArgs:
     """Per-call options of an attention kernel."""
 
     causal: bool = True
-    mask: torch.Tensor | None = None
+    mask: torch.Tensor | SparsePattern | None = None  # a SparsePattern only ever reaches the sparse kernel
     dropout_p: float = 0.0
     training: bool = False
     tracker: RNGTracker | None = None
@@ -84,14 +85,24 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: Atte
 def attend(
     kernel: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: AttentionArgs, alpha: float = 32.0
 ) -> torch.Tensor:
-    """Dispatch to the named kernel: 'sdpa', 'pb-relax' or 'plain'."""
+    """Dispatch to the named kernel: 'sdpa', 'pb-relax', 'plain' or 'sparse'."""
     if kernel == "sdpa":
         return sdpa_attention(q, k, v, args)
+    if kernel == "sparse":
+        if not isinstance(args.mask, SparsePattern):  # eval and generation: dense causal attention
+            return sdpa_attention(q, k, v, args)
+        p = args.dropout_p if args.training else 0.0
+        if p > 0.0:
+            if args.tracker is None:
+                raise ValueError("attention dropout in training needs an RNGTracker")
+            with args.tracker.fork(MODEL_PARALLEL):  # the fused kernel draws from the default generator
+                return sparse_attention(q, k, v, args.mask, p)
+        return sparse_attention(q, k, v, args.mask)
     if kernel == "pb-relax":
         return pb_relax_attention(q, k, v, args, alpha)
     if kernel == "plain":
         return plain_attention(q, k, v, args)
-    raise ValueError(f"unknown attention kernel {kernel!r}; choose sdpa, pb-relax or plain")
+    raise ValueError(f"unknown attention kernel {kernel!r}; choose sdpa, pb-relax, plain or sparse")
 
 
 class KVCache:

@@ -8,6 +8,7 @@ from torch import nn
 
 from megatron_cogview.config import ConfigError, ModelConfig
 from megatron_cogview.model.attention import KVCache
+from megatron_cogview.model.sparse import sample_pattern
 from megatron_cogview.model.lm_loss import DEFAULT_CHUNK_ELEMENTS, fused_lm_loss
 from megatron_cogview.model.transformer import Build, Transformer
 from megatron_cogview.parallel.layers import VocabParallelEmbedding
@@ -96,6 +97,9 @@ class CogViewModel(nn.Module):
             self._check(tokens, position_ids)
         x = self.word_embeddings(tokens) + self.transformer.position_embeddings(position_ids)  # [b, s, h]
         x = dropout(x, self.config.hidden_dropout, self.rng.generator(REPLICATED), self.training)
+        if self.config.attention_kernel == "sparse" and self.training and cache is None and mask is None:
+            # one pattern for every layer, from the replicated stream: all tp ranks agree
+            return self.transformer(x, sample_pattern(tokens, self.config, self.rng.generator(REPLICATED)), self.rng)
         return self.transformer(x, mask, self.rng, cache)
 
     def logits(self, hidden: torch.Tensor, gather: bool = False) -> torch.Tensor:
