@@ -222,8 +222,9 @@ class Trainer:
             self.progress.skips.record("overflow")
             raise LossScaleAtMinimum(
                 f"fp16 gradients still overflow at the minimum loss scale ({min_loss_scale(self.engine):g}) at "
-                f"iteration {self.progress.iteration}; resume from the checkpoint with --precision bf16, a lower --lr, "
-                "or PB-relax (--attention-kernel pb-relax --pb-relax-layernorm all)") from None
+                f"iteration {self.progress.iteration}; fixes: resume (--load) with a lower --lr, or start from these "
+                "weights (--finetune-from) with --precision bf16 or PB-relax (--attention-kernel pb-relax "
+                "--pb-relax-layernorm all)") from None
         finally:
             self.gate.skip = False
 
