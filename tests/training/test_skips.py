@@ -146,3 +146,16 @@ def _min_loss_scale(trainer: Any, save: str) -> None:
 def test_nonfinite_loss_in_any_micro_batch_skips_the_whole_step(tmp_path: Path) -> None:
     data = make_dataset(str(tmp_path / "data"), n=128, samples_per_shard=16)
     run_distributed(_cases, 2, data, str(tmp_path / "ckpt"), timeout=240)
+
+
+def test_bf16_configs_check_gradients_for_overflow() -> None:
+    import json
+
+    from megatron_cogview.training.engine import build_ds_config
+    from tests.training.runner import ROOT
+
+    assert build_ds_config(TrainConfig(precision="bf16"))["bf16"]["check_grad_overflow"] is True
+    shipped = json.loads((ROOT / "scripts/ds_configs/bf16_zero1.json").read_text())
+    assert shipped["bf16"]["check_grad_overflow"] is True
+    off = build_ds_config(TrainConfig(precision="bf16"), {"bf16": {"enabled": True, "check_grad_overflow": False}})
+    assert off["bf16"]["check_grad_overflow"] is False  # the user's JSON is respected
