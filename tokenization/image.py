@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -63,6 +65,13 @@ class ImageTokenizer:
     def downsample(self) -> int:
         """Pixels per code along each side."""
         return self.config.downsample
+
+    def at_grid(self, grid: int) -> "ImageTokenizer":
+        """The same tokenizer (same model and fingerprint) whose default image is a grid x grid code grid."""
+        other = copy.copy(self)
+        other._fingerprint = self.fingerprint()
+        other.config = dataclasses.replace(self.config, image_size=grid * self.downsample)
+        return other
 
     def fingerprint(self) -> str:
         """sha256 over the config and every weight tensor (dtype, shape, bytes)."""

@@ -49,6 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-tokens", type=int, help="real (unpadded) vocabulary size, for re-padding at a new tp")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow the full unpickler for files weights_only=True refuses (runs code: trusted files only)")
+    g = p.add_argument_group("longer sequences / bigger image grids (alone, no other conversion)")
+    g.add_argument("--max-position-embeddings", type=int, metavar="N",
+                   help="grow the position table to N rows (new image rows: bilinear interpolation of the old grid)")
+    g.add_argument("--image-grid", type=int, metavar="G",
+                   help="with --max-position-embeddings: the new image grid side (default: the one that keeps "
+                        "the text rows, N - G*G = old rows - old G*G)")
     original.add_arguments(p)
     p.set_defaults(func=run)
 
@@ -63,6 +69,17 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--export writes weights only; drop --keep-optimizer")
     if args.num_tokens is not None and args.num_tokens < 1:
         raise ConfigError(f"--num-tokens {args.num_tokens} must be >= 1")
+    if args.image_grid is not None and args.max_position_embeddings is None:
+        raise ConfigError("--image-grid only applies with --max-position-embeddings")
+    if args.max_position_embeddings is not None:
+        others = [f for f, v in (("--target-tp", args.target_tp), ("--consolidate", args.consolidate or None),
+                                 ("--export", args.export), ("--from cogview-original", args.fmt != "cogview" or None))
+                  if v is not None]
+        if others:
+            raise ConfigError(f"--max-position-embeddings is a conversion of its own; run {', '.join(others)} in a "
+                              "separate `cogview convert`")
+        if args.image_grid is not None and args.image_grid < 1:
+            raise ConfigError(f"--image-grid {args.image_grid} must be >= 1")
     if Path(args.save).absolute() == Path(args.load).absolute():
         raise ConfigError("--save must be a new directory, not --load")
     original.check_arguments(args)
@@ -92,6 +109,13 @@ def run(args: argparse.Namespace) -> int:
         tokenizers, extra = original.import_metadata(args, source.config)
         source.meta.tokenizers.update(tokenizers)
         source.meta.extra.update(extra)
+    if args.max_position_embeddings is not None:
+        from megatron_cogview.checkpoint.positions import write_grown
+
+        meta = write_grown(source, save, args.max_position_embeddings, args.image_grid, source.log)
+        print(f"wrote {save} (iteration {meta.iteration}, {args.max_position_embeddings} positions, image grid "
+              f"{meta.tokenizers.get('image_grid', 'unrecorded')})")
+        return 0
     if not args.export:
         if args.consolidate:
             meta = consolidate(source, save, target_tp=args.target_tp, keep_optimizer=args.keep_optimizer)

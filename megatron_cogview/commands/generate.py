@@ -94,6 +94,9 @@ def load_for_generation(args: argparse.Namespace, load: str):  # type: ignore[no
         if key in rec and tok.fingerprint() != rec[key]:
             raise ConfigError(f"the {kind} tokenizer {text_path if kind == 'text' else image_path!r} is not the one "
                               f"checkpoint {load!r} was trained with; pass the matching --{kind}-tokenizer")
+    grid = rec.get("image_grid")
+    if isinstance(grid, int) and grid != image.grid_size:  # e.g. fine-tuned onto a bigger grid than the VQ-VAE's
+        image = image.at_grid(grid)
     layout = TokenLayout.from_dict(rec["layout"]) if "layout" in rec else TokenLayout(image.num_codes, text.vocab_size)
     return model, UnifiedTokenizer(text, image, layout)
 

@@ -56,6 +56,9 @@ def tokenizer_record(args: Args, manifest: Manifest) -> dict[str, Any]:
         "num_tokens": TokenLayout.from_dict(manifest.layout).num_tokens, "seq_len": manifest.seq_len,
         "task": manifest.task, "image_size": manifest.settings.get("image_size"),
     }
+    grid = data_image_grid(manifest)
+    if grid is not None:
+        rec["image_grid"] = grid  # what position-table growth and generation read back
     if args.data.text_tokenizer:
         from tokenization.text import TextTokenizer
 
@@ -73,6 +76,22 @@ def tokenizer_record(args: Args, manifest: Manifest) -> dict[str, Any]:
                             "re-run `cogview preprocess` with it or pass the one the data was made with")
         rec["image"] = os.path.abspath(args.data.image_tokenizer)
     return rec
+
+
+def data_image_grid(manifest: Manifest) -> int | None:
+    """Side g of the g x g image of the data's first sample (None for super-resolution data or non-square counts)."""
+    from data_utils.remote import iter_shard
+    from data_utils.shards import decode_sample
+    from megatron_cogview.checkpoint.positions import square_side
+
+    if manifest.task == "superres" or not manifest.shards:
+        return None
+    layout = TokenLayout.from_dict(manifest.layout)
+    for raw in iter_shard(manifest.shard_paths()[0]):
+        tokens = decode_sample(raw, manifest.seq_len).tokens
+        is_image = (tokens >= layout.image_offset) & (tokens < layout.image_offset + layout.num_image_tokens)
+        return square_side(int(is_image.sum()))
+    return None
 
 
 def data_fingerprint(paths: list[str], weights: Any, max_shards: int = 64, head: int = 1 << 16) -> str:
@@ -138,8 +157,12 @@ def _loaders(args: Args, state: ParallelState, train: TrainConfig, manifest: Man
 SourceTransform = Callable[[Any, TokenLayout], Any]
 
 
-def _finetune_weights(model: CogViewModel, train: TrainConfig, state: ParallelState, logger: TrainLogger) -> None:
-    """Load another checkpoint's weights (same shape and tp) before the engine exists: works for every ZeRO stage."""
+def _finetune_weights(model: CogViewModel, train: TrainConfig, state: ParallelState, logger: TrainLogger,
+                      new_grid: int | None = None, new_end: int | None = None) -> None:
+    """Load another checkpoint's weights (same shape and tp) before the engine exists: works for every ZeRO stage.
+
+    A larger max_position_embeddings than the checkpoint's grows its position table (new_grid: the data's
+    image grid side, new_end: the data's seq_len - 1; see checkpoint/positions.py); a smaller one is refused."""
     if not train.finetune_from or (train.load and has_checkpoint(train.load)):
         return
     from megatron_cogview.checkpoint.load import read_module
@@ -150,12 +173,28 @@ def _finetune_weights(model: CogViewModel, train: TrainConfig, state: ParallelSt
                               f"{meta.tensor_parallel_size}, this run {state.tp_size}; convert it with cogview convert "
                               f"--target-tp {state.tp_size}")
     module = read_module(train.finetune_from, it, state.tp_rank, log=logger.info)  # ZeRO-3: consolidated here
+    module = _grown_positions(module, model.config.max_position_embeddings, meta, new_grid, new_end,
+                              train.finetune_from, logger)
     try:
         model.load_state_dict(module)
     except RuntimeError as e:
         raise CheckpointError(f"--finetune-from {train.finetune_from!r} does not fit this model: "
                               f"{str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from None
     logger.info(f"fine-tuning from the weights of {train.finetune_from} (iteration {it})")
+
+
+def _grown_positions(module: dict[str, torch.Tensor], rows: int, meta: CheckpointMeta, new_grid: int | None,
+                     new_end: int | None, where: str, logger: TrainLogger) -> dict[str, torch.Tensor]:
+    """The checkpoint's weights with the position table grown to `rows` when it has fewer (refused if more)."""
+    from megatron_cogview.checkpoint import positions as pos
+
+    if pos.POSITION_KEY not in module or not pos.check_growth(module[pos.POSITION_KEY].shape[0], rows,
+                                                              f"--finetune-from {where!r}"):
+        return module
+    old_rows, old_grid = module[pos.POSITION_KEY].shape[0], pos.recorded_grid(meta.tokenizers)
+    old_end = pos.used_rows(meta.tokenizers, old_rows)
+    logger.info(pos.describe_growth(old_rows, rows, old_grid, new_grid, old_end, new_end))
+    return pos.grow_module(module, rows, old_grid, new_grid, old_end, new_end)
 
 
 def run(argv: Sequence[str] | None = None, source_transform: SourceTransform | None = None) -> int:
@@ -212,7 +251,7 @@ def _train(args: Args, state: ParallelState, manifest: Manifest, layout: TokenLa
         source = source_transform(source, layout) if source is not None else None
         valid = source_transform(valid, layout) if valid is not None else None
     model = CogViewModel(model_cfg, state, device=default_device())
-    _finetune_weights(model, train, state, logger)
+    _finetune_weights(model, train, state, logger, rec.get("image_grid"), manifest.seq_len - 1)
     engine, _ = create_engine(model, state, train, build_ds_config(train, user_ds))
     meta = CheckpointMeta(model=model_cfg.to_dict(), tensor_parallel_size=state.tp_size, tokenizers=rec,
                           extra={"data_fingerprint": data_fp})
