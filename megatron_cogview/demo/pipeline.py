@@ -34,8 +34,9 @@ class DemoSettings:
     caption_iters: int = 600  # fine-tuned from the text-to-image model
     batch_size: int = 64
     lr: float = 2e-3
-    prompts_seen: int = 10  # training captions also sampled, for comparison
-    samples_per_prompt: int = 8
+    prompts_seen: int = 30  # training captions also sampled, for comparison
+    samples_per_prompt: int = 16  # draws per caption (every held-out combination is prompted)
+    rerank_group: int = 4  # post-selection keeps the lowest CapLoss of each group of this many draws
     temperature: float = 0.9
     top_k: int = 20
     super_resolution: bool = False  # the optional SR stages (demo/superres.py), after the report
@@ -45,7 +46,7 @@ class DemoSettings:
 
 
 FAST = DemoSettings(num_images=3000, vq_steps=150, vq_hidden=32, gpt_iters=120, caption_iters=60, prompts_seen=2,
-                    samples_per_prompt=4, sr_iters=30, sr_eval_scenes=4)
+                    samples_per_prompt=4, rerank_group=2, sr_iters=30, sr_eval_scenes=4)
 
 
 # The settings each stage reads; a stage's fingerprint also covers every earlier stage's settings, so a
@@ -58,6 +59,7 @@ STAGE_FIELDS: tuple[tuple[str, ...], ...] = (
     ("gpt_iters", "batch_size", "lr"),
     ("caption_iters",),
     ("prompts_seen", "samples_per_prompt", "temperature", "top_k"),
+    ("rerank_group",),
     (),
 )
 
@@ -123,11 +125,12 @@ def _text_budget(sp_model: str, captions: list[str]) -> int:
 def run_demo(out: str | Path, settings: DemoSettings, log: Log = print) -> dict[str, Any]:
     """Run (or continue) the whole demo into `out`; returns the metrics written to report/metrics.json."""
     from megatron_cogview.demo.evaluate import evaluate
+    from megatron_cogview.demo.metrics import demo_metrics
     from megatron_cogview.demo.report import write_report
 
     out = Path(out).resolve()
     s = settings
-    st = Stages(out, s, log, total=8)
+    st = Stages(out, s, log, total=len(STAGE_FIELDS))
     synth, tok, shards, ckpt = out / "data" / "synth", out / "tokenizers", out / "data" / "shards", out / "checkpoints"
     sp_prefix, vq_dir = tok / "text", tok / "vqvae"
 
@@ -192,6 +195,7 @@ def run_demo(out: str | Path, settings: DemoSettings, log: Log = print) -> dict[
         train_args("image2text", s.caption_iters) + ["--finetune-from", str(ckpt / "text2image")],
         out / "logs" / "caption.log", log, module="finetune.caption_model"), (ckpt / "image2text",))
     st.run("generate + score", lambda: evaluate(out, s, log), (out / "samples",))
+    st.run("shapes FID, Caption Loss, 95% CIs", lambda: demo_metrics(out, s, log), (out / "eval",))
     metrics: dict[str, Any] = {}
     st.run("report", lambda: metrics.update(write_report(out, s, st.times)))
     if not metrics:

@@ -11,24 +11,31 @@ from pathlib import Path
 import pytest
 
 from megatron_cogview.cli import main
+from megatron_cogview.demo.pipeline import STAGE_FIELDS
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("demo") / "out"
-    assert main(["demo", "--fast", "--out", str(out)]) == 0
-    return out
-
-
 def test_demo_writes_report_and_checkpoints(demo: Path) -> None:
     metrics = json.loads((demo / "report" / "metrics.json").read_text())
-    for key in ("heldout_accuracy_one_sample", "heldout_accuracy_post_selection", "seen_accuracy_one_sample"):
-        assert 0.0 <= metrics[key] <= 1.0
+    scores = json.loads((demo / "samples" / "scores.json").read_text())
+    from PIL import Image
+
+    from data_utils.checker import check_image
+
+    for group in ("heldout", "seen"):  # re-read every sample with the attribute checker, against the captions
+        records = [json.loads(x) for x in (demo / "samples" / group / "samples.jsonl").read_text().splitlines()]
+        records = [r for r in records if "error" not in r]
+        per_prompt = scores[group]["per_prompt"]
+        assert len(records) == len(per_prompt) * scores[group]["samples_per_prompt"]
+        hits = 0
+        for r in records:
+            got = check_image(Image.open(demo / "samples" / group / r["file"]).convert("RGB"))
+            hits += [got.color, got.shape, got.position] == per_prompt[r["id"]]["expected"]
+        accuracy, (low, high) = metrics[f"{group}_accuracy_one_sample"], metrics[f"{group}_accuracy_one_sample_ci95"]
+        assert accuracy == hits / len(records) and low <= accuracy <= high and low < high, (group, hits, accuracy)
     assert (demo / "report" / "overview.png").stat().st_size > 0
     assert "held-out combinations" in (demo / "report" / "summary.md").read_text()
-    scores = json.loads((demo / "samples" / "scores.json").read_text())
     assert scores["heldout"]["prompts"] == 10  # every held-out combination was prompted
     assert (demo / "checkpoints" / "text2image" / "latest").is_file()
 
@@ -36,7 +43,7 @@ def test_demo_writes_report_and_checkpoints(demo: Path) -> None:
 def test_demo_rerun_skips_completed_stages(demo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--fast", "--out", str(demo)]) == 0
     out = capsys.readouterr().out
-    assert out.count("done before, skipped") == 8
+    assert out.count("done before, skipped") == len(STAGE_FIELDS)
 
 
 def test_generate_text2image_with_post_selection(demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
