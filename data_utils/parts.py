@@ -79,6 +79,18 @@ def part_file(out: str, part: Part) -> str:
     return os.path.join(out, PARTS_DIR, f"part-{part.index:05d}-of-{part.count:05d}.json")
 
 
+def other_splits(out: str, count: int, progress_dir: str) -> list[str]:
+    """Traces in `out` of a run split into another number of parts (mixing them would overwrite shards)."""
+    found = []
+    for folder in (os.path.join(out, PARTS_DIR), os.path.join(out, progress_dir)):
+        names = os.listdir(folder) if os.path.isdir(folder) else []
+        found += [os.path.join(folder, n) for n in names
+                  if "-of-" in n and not n.removesuffix(".json").endswith(f"-of-{count:05d}")]
+    if count > 1 and os.path.exists(os.path.join(out, progress_dir, "settings.json")):
+        found.append(os.path.join(out, progress_dir, "settings.json"))  # an unfinished single-process run
+    return found
+
+
 def write_part(out: str, part: Part, manifest: Manifest) -> None:
     """Record a finished part (atomically)."""
     path = part_file(out, part)

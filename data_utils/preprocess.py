@@ -22,7 +22,7 @@ from tokenization.unified import UnifiedTokenizer
 
 from .errors import DataError
 from .imageio import decode_task
-from .parts import Part, finish_parts, part_file, part_prefix, share, write_part
+from .parts import Part, finish_parts, other_splits, part_file, part_prefix, share, write_part
 from .progress import progress
 from .shards import MANIFEST_NAME, Manifest, ShardInfo, storage_dtype
 from .sources import RawItem, input_files, iter_inputs
@@ -241,6 +241,10 @@ def _check_settings(run: _Run) -> Manifest | None:
         if manifest.settings != settings:
             raise DataError(f"{out} already holds a dataset made with other settings; use a new --out or delete it")
         return manifest
+    others = other_splits(out, run.config.num_parts, PROGRESS_DIR)
+    if others:
+        raise DataError(f"{out} holds a run split into another number of parts ({others[0]}); finish it with the same "
+                        "--num-parts / number of ranks, or use a new --out")
     if run.config.num_parts > 1 and os.path.exists(part_file(out, run.config.share)):
         manifest = Manifest.load(part_file(out, run.config.share))
         if manifest.settings != settings:

@@ -140,6 +140,16 @@ def test_killed_part_reruns_without_duplicates(tokenizers, synth_dir, tmp_path):
     assert again.num_samples == 24
 
 
+def test_a_different_split_of_the_same_out_is_refused(tokenizers, synth_dir, tmp_path):
+    inputs = _jsonl_inputs(synth_dir, tmp_path / "in", files=2, per_file=3)
+    pp.preprocess_paths(inputs, *tokenizers, str(tmp_path / "out"), num_parts=2, part=0, **SETTINGS)
+    with pytest.raises(DataError, match="another number of parts"):
+        pp.preprocess_paths(inputs, *tokenizers, str(tmp_path / "out"), num_parts=3, part=0, **SETTINGS)
+    with pytest.raises(DataError, match="another number of parts"):
+        pp.preprocess_paths(inputs, *tokenizers, str(tmp_path / "out"), **SETTINGS)
+    assert not (tmp_path / "out" / "dataset.json").exists()
+
+
 def test_data_merge_joins_independent_runs_and_names_shards_by_url(tokenizers, synth_dir, tmp_path, capsys):
     from megatron_cogview.cli import main
 
