@@ -24,11 +24,12 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={
-        "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "scipy>=1.10"],
+        "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "scipy>=1.10", "wandb>=0.17"],
         # `cogview evaluate --features inception` uses torch-fidelity's FID Inception-v3; scripts/install.sh
         # installs it with --no-deps (eval and dev), since its torchvision requirement would replace torch.
         "eval": [],
         "tensorboard": ["tensorboard>=2.14"],
+        "wandb": ["wandb>=0.17"],  # --wandb-project: experiment tracking beside metrics.jsonl / TensorBoard
         "bench": ["transformers>=4.40"],
     },
     entry_points={"console_scripts": ["cogview=megatron_cogview.cli:main"]},

@@ -288,6 +288,11 @@ class TrainConfig:
     """Stop (exit 2) after more than this many consecutive skipped steps of any cause (0: never)."""
     tensorboard_dir: str = ""
     """Also write scalars to TensorBoard here (needs the [tensorboard] extra)."""
+    wandb_project: str = ""
+    """Also log the metrics.jsonl fields to this Weights & Biases project (needs the [wandb] extra;
+    WANDB_MODE=offline logs without network, `wandb sync` uploads later); a resumed run continues the same W&B run."""
+    wandb_run_name: str = ""
+    """W&B run name ('' lets W&B choose)."""
     peak_tflops: float = 0.0
     """Peak TFLOP/s per GPU for the logged MFU (0: from the GPU's name; unknown GPUs log no MFU)."""
 

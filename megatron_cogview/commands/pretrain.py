@@ -238,7 +238,9 @@ def _train(args: Args, state: ParallelState, manifest: Manifest, layout: TokenLa
            warnings: list[str], source_transform: SourceTransform | None) -> int:
     """Build the loaders, model and engine, resume, and train (with --save locked)."""
     per_step = train.micro_batch_size * train.gradient_accumulation_steps * state.dp_size
-    logger = TrainLogger(state.rank == 0, train.train_iters, 0, log_dir=train.save, tensorboard_dir=train.tensorboard_dir)
+    logger = TrainLogger(state.rank == 0, train.train_iters, 0, log_dir=train.save, tensorboard_dir=train.tensorboard_dir,
+                         wandb_project=train.wandb_project, wandb_run_name=train.wandb_run_name,
+                         run_config={"model": model_cfg.to_dict(), "train": dataclasses.asdict(train)})
     for line in merged.decisions:
         logger.info(f"config: {line}")
     for line in warnings:

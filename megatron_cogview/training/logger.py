@@ -19,11 +19,13 @@ class TrainLogger:
     """Writes metrics on rank 0 only; every other rank gets a silent logger."""
 
     def __init__(self, enabled: bool, total_iters: int, start_iter: int, log_dir: str = "",
-                 tensorboard_dir: str = "") -> None:
+                 tensorboard_dir: str = "", wandb_project: str = "", wandb_run_name: str = "",
+                 run_config: dict[str, Any] | None = None) -> None:
         self.enabled, self.total = enabled, total_iters
         self._jsonl = None
         self._tb = None
         self._bar = None
+        self._wandb: Any = None
         if not enabled:
             return
         if log_dir:
@@ -36,6 +38,8 @@ class TrainLogger:
                 self._tb = SummaryWriter(tensorboard_dir)
             except ImportError:
                 self.info("tensorboard is not installed (pip install 'megatron-cogview[tensorboard]'); skipping it")
+        if wandb_project:
+            self._wandb = _wandb_run(wandb_project, wandb_run_name, log_dir, run_config or {})
         if sys.stderr.isatty():
             from tqdm import tqdm
 
@@ -63,10 +67,12 @@ class TrainLogger:
         if self._jsonl is not None:
             self._jsonl.write(json.dumps(record) + "\n")
             self._jsonl.flush()
+        scalars = {f"{kind}/{k}": v for k, v in values.items() if isinstance(v, (int, float))}
         if self._tb is not None:
-            for k, v in values.items():
-                if isinstance(v, (int, float)):
-                    self._tb.add_scalar(f"{kind}/{k}", v, iteration)
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, v, iteration)
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=iteration)
         self.info(self.format_line(iteration, values, kind))
 
     def format_line(self, iteration: int, v: dict[str, Any], kind: str) -> str:
@@ -102,3 +108,20 @@ class TrainLogger:
             self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def _wandb_run(project: str, name: str, save_dir: str, config: dict[str, Any]) -> Any:
+    """A W&B run; its id is kept in SAVE/wandb_run_id.txt so a resumed training continues the same run."""
+    try:
+        import wandb
+    except ImportError:
+        raise ImportError("--wandb-project needs wandb: pip install 'megatron-cogview[wandb]'") from None
+    id_file = Path(save_dir) / "wandb_run_id.txt" if save_dir else None
+    run_id = id_file.read_text().strip() if id_file is not None and id_file.is_file() else None
+    run = wandb.init(project=project, name=name or None, id=run_id, resume="allow" if run_id else None, config=config)
+    if id_file is not None and run_id is None:
+        id_file.write_text(run.id)
+    return run
