@@ -24,6 +24,7 @@ from .errors import DataError
 from .imageio import decode_task
 from .parts import Part, finish_parts, other_splits, part_file, part_prefix, share, write_part
 from .progress import progress
+from .remote import is_url
 from .shards import MANIFEST_NAME, Manifest, ShardInfo, storage_dtype
 from .sources import RawItem, input_files, iter_inputs
 from .styles import StyleCaptions, check_style_inputs, with_style_captions
@@ -69,6 +70,9 @@ class PreprocessConfig:
         if not self.inputs:
             raise DataError("no inputs given; pass JSONL/TSV files, image folders or .tar shards")
         shard_name(self.prefix, 0)  # validates the prefix
+        if is_url(self.out):
+            raise DataError(f"--out {self.out!r} is a URL; write to a local (or shared) folder and upload it "
+                            "afterwards (training and `cogview data-info` read shards by URL)")
         if self.num_parts < 1 or not 0 <= self.part < self.num_parts:
             raise DataError(f"part {self.part} of {self.num_parts} is out of range; use 0 <= --part < --num-parts")
 

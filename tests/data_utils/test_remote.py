@@ -187,3 +187,14 @@ def test_training_accepts_a_dataset_by_url(token_dataset, http_root):
     url = http_root(local) + "dataset.json"
     assert _manifest([url]).to_dict() == Manifest.load(local).to_dict()
     assert data_fingerprint([url], None) == data_fingerprint([url], None) != data_fingerprint([local], None)
+
+
+def test_unreadable_manifest_url_and_url_out_are_one_line_errors(tokenizers, tmp_path, capsys):
+    from megatron_cogview.cli import main
+
+    assert main(["data-info", "pipe:exit 3"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert main(["preprocess", str(tmp_path), "--text-tokenizer", tokenizers[0], "--image-tokenizer", tokenizers[1],
+                 "--out", "s3://bucket/ds"]) == 2
+    err = capsys.readouterr().err
+    assert "is a URL" in err and err.count("\n") == 1
