@@ -284,7 +284,8 @@ def preprocess(config: PreprocessConfig, log: Callable[[str], None] = print) -> 
     run = _Run(config, log)
     finished = _check_settings(run)
     if finished is not None:
-        log(f"{config.out} is already complete ({finished.num_samples} samples); nothing to do")
+        what = f"part {config.part} of {config.num_parts} of " if config.num_parts > 1 else ""
+        log(f"{what}{config.out} is already complete ({finished.num_samples} samples); nothing to do")
         return _finish_parts(run, finished, log)
     inputs = share(input_files(config.inputs), config.share)
     started, total, shards = time.time(), Stats(), []
