@@ -174,9 +174,11 @@ def merge(out: str, datasets: Sequence[str], shard_urls: str | None, log: Callab
     if shard_urls is not None:
         urls = expand(shard_urls)
         if len(urls) != len(manifest.shards):
-            raise DataError(f"--shard-urls expands to {len(urls)} location(s) but the data has {len(manifest.shards)} "
-                            "shard(s); give one URL per shard, in the order of the joined dataset.json (each part's shards, part by part)")
+            raise DataError(f"--shard-urls expands to {len(urls)} location(s) but the data has "
+                            f"{len(manifest.shards)} shard(s); give one URL per shard, in the order of the joined "
+                            "dataset.json (each dataset's or part's shards in turn)")
         manifest.shards = [ShardInfo(u, s.samples) for u, s in zip(urls, manifest.shards)]
     manifest.save(out)
-    log(f"data-merge: {manifest.num_samples} samples in {len(manifest.shards)} shard(s) -> {os.path.join(out, MANIFEST_NAME)}")
+    log(f"data-merge: {manifest.num_samples} samples in {len(manifest.shards)} shard(s) -> "
+        f"{os.path.join(out, MANIFEST_NAME)}")
     return manifest
