@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -22,6 +22,7 @@ from megatron_cogview.generation.static_step import StaticStep
 from megatron_cogview.model import CogViewModel
 
 Prompt = Sequence[int] | torch.Tensor
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,12 @@ def decode(
     stop_ids: Sequence[int] = (),
     seeds: Sequence[int] | None = None,
     fill_id: int = -1,
+    progress: Progress | None = None,
 ) -> DecodeResult:
-    """Generate up to max_new_tokens ids after each prompt, drawing only `allowed` ids (default: any)."""
+    """Generate up to max_new_tokens ids after each prompt, drawing only `allowed` ids (default: any).
+
+    progress(done, total) is called after each step with the token steps done over all chunks (no host sync).
+    """
     rows = check_prompts(model, prompts, max_new_tokens)
     b = len(rows)
     seeds = list(seeds) if seeds is not None else [config.seed + i for i in range(b)]
@@ -112,11 +117,13 @@ def decode(
     chooser = _Chooser(model, config, allowed, device)
     stops = torch.tensor(sorted(set(int(s) for s in stop_ids)), dtype=torch.long, device=device)
     cap = config.max_inference_batch_size
+    chunks = range(0, b, cap)
     with inference(model):
-        for start in range(0, b, cap):
+        for i, start in enumerate(chunks):
             index = torch.arange(start, min(start + cap, b), device=device)
             uniforms = draw_uniforms(seeds[start : start + cap], max_new_tokens, device)  # [c, T]
-            _decode_chunk(model, rows[start : start + cap], index, uniforms, chooser, stops, out, lengths)
+            step_done = None if progress is None else _chunk_progress(progress, i, len(chunks), max_new_tokens)
+            _decode_chunk(model, rows[start : start + cap], index, uniforms, chooser, stops, out, lengths, step_done)
     return DecodeResult(out, lengths)
 
 
@@ -129,6 +136,7 @@ def _decode_chunk(
     stops: torch.Tensor,
     out: torch.Tensor,
     lengths: torch.Tensor,
+    step_done: Callable[[int], None] | None = None,
 ) -> None:
     """Prefill one chunk of prompts, then decode step by step, writing ids into out[index]."""
     device, steps = out.device, out.size(1)
@@ -151,11 +159,13 @@ def _decode_chunk(
     next_pos = lens.clone()  # [c]
     if choose.config.static and not stops.numel():
         _static_steps(StaticStep(model, cache, choose, key_valid, choose.config), choose(last, uniforms[:, 0]),
-                      next_pos, uniforms, index, out)
+                      next_pos, uniforms, index, out, step_done)
         return
     for t in range(steps):
         token = choose(last, uniforms[:, t])  # [c]
         out[index, t] = token
+        if step_done is not None:
+            step_done(t + 1)
         if stops.numel():
             done = torch.isin(token, stops)
             n_done = int(done.sum())  # the one host sync of this step
@@ -176,10 +186,17 @@ def _decode_chunk(
 
 
 def _static_steps(step: StaticStep, token: torch.Tensor, position: torch.Tensor, uniforms: torch.Tensor,
-                  index: torch.Tensor, out: torch.Tensor) -> None:
+                  index: torch.Tensor, out: torch.Tensor, step_done: Callable[[int], None] | None) -> None:
     """Decode with fixed-shape steps (no stop ids): feed each new token, draw the next, until out is full."""
     out[index, 0] = token
     for t in range(1, out.size(1)):
         token = step(token, position, uniforms[:, t])  # [c]
         position = position + 1
         out[index, t] = token
+        if step_done is not None:
+            step_done(t + 1)
+
+
+def _chunk_progress(progress: Progress, chunk: int, chunks: int, steps: int) -> Callable[[int], None]:
+    """Turn 'step t of this chunk' into progress(done, total) over all chunks."""
+    return lambda t: progress(chunk * steps + t, chunks * steps)

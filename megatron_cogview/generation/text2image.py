@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 
 from megatron_cogview.generation.config import GenerationConfig, require
-from megatron_cogview.generation.decode import Prompt, decode
+from megatron_cogview.generation.decode import Progress, Prompt, decode
 from megatron_cogview.model import CogViewModel
 
 
@@ -17,10 +17,11 @@ def generate_image_codes(
     image_range: tuple[int, int],
     config: GenerationConfig,
     seeds: Sequence[int] | None = None,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """Codes long [b, num_image_tokens] (ids minus image_range start), only image ids ever drawn."""
     start, end = image_range
     require(0 <= start < end <= model.config.vocab_size, f"image id range [{start}, {end}) is outside the vocabulary")
-    result = decode(model, prompts, num_image_tokens, config, allowed=[(start, end)], seeds=seeds)
+    result = decode(model, prompts, num_image_tokens, config, allowed=[(start, end)], seeds=seeds, progress=progress)
     return result.tokens - start
 

@@ -91,8 +91,8 @@ def text_to_image(
     return records
 
 
-def _encode(tokenizer: UnifiedTokenizer, line: PromptLine, max_len: int, log: Log) -> tuple[list[int], int] | str:
-    """(prompt ids, pieces cut) or an error message."""
+def encode_prompt(tokenizer: UnifiedTokenizer, line: PromptLine, max_len: int, log: Log) -> tuple[list[int], int] | str:
+    """(prompt ids, text pieces cut to fit max_len) or an error message."""
     if not line.text.strip():
         return "empty prompt"
     pieces = tokenizer.text.encode(line.text)
@@ -115,7 +115,7 @@ def _generate_group(
     records: list[dict] = []
     ok: list[tuple[PromptLine, list[int], int]] = []
     for line in group:
-        enc = _encode(tokenizer, line, max_len, log)
+        enc = encode_prompt(tokenizer, line, max_len, log)
         if isinstance(enc, str):
             log(f"prompt {line.id} (line {line.line}): {enc}; skipped")
             records.append({"id": line.id, "line": line.line, "prompt": line.text, "error": enc})

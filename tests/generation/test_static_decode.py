@@ -55,3 +55,11 @@ def test_cuda_graphs_equal_eager_on_gpu() -> None:
     want = generate_image_codes(gpu, MIXED, 24, IMAGE, config)
     got = generate_image_codes(gpu, MIXED, 24, IMAGE, config.replace(cuda_graphs=True))
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_progress_counts_every_step_of_every_chunk(model: CogViewModel, static: bool) -> None:
+    seen: list[tuple[int, int]] = []
+    config = GenerationConfig(seed=1, max_inference_batch_size=2, static_shapes=static)
+    generate_image_codes(model, MIXED, 5, IMAGE, config, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(t, 10) for t in range(1, 11)]  # 3 prompts in chunks of 2 -> 2 chunks x 5 steps
