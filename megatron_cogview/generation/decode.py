@@ -189,6 +189,8 @@ def _static_steps(step: StaticStep, token: torch.Tensor, position: torch.Tensor,
                   index: torch.Tensor, out: torch.Tensor, step_done: Callable[[int], None] | None) -> None:
     """Decode with fixed-shape steps (no stop ids): feed each new token, draw the next, until out is full."""
     out[index, 0] = token
+    if step_done is not None:
+        step_done(1)
     for t in range(1, out.size(1)):
         token = step(token, position, uniforms[:, t])  # [c]
         position = position + 1
