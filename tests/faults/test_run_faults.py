@@ -16,6 +16,7 @@ from megatron_cogview.training.save_lock import LOCK_FILE, acquire
 from tests.faults.helpers import (
     COMMON,
     DP2,
+    ITERS,
     assert_intact,
     assert_one_line,
     assert_resumes_exactly,
@@ -42,12 +43,26 @@ def test_rank_killed_mid_step_the_other_exits_promptly(data: str, reference2: Pa
 
 @pytest.mark.slow
 def test_hung_rank_ends_at_the_distributed_timeout(data: str, tmp_path: Path) -> None:
+    # Two ranks started directly (torchrun would add its fixed 30 s grace before killing the stopped rank).
     save, stamp = tmp_path / "run", tmp_path / "stopped_at"
-    proc = launch(data, save, *DP2, "--distributed-timeout-minutes", "0.2", nproc=2, load=False,
-                  fault={"kind": "hang_step", "iteration": 2, "rank": 1, "stamp": str(stamp)})
-    exit_s = time.time() - float(stamp.read_text())
-    assert_one_line(proc, "[rank 0]: error: lost contact with another rank", "relaunch with --load")
-    print(f"with a 12 s timeout, the job ended {exit_s:.1f} s after rank 1 hung")
+    args = base_args(data, str(save), ITERS, *COMMON, *DP2, "--distributed-timeout-minutes", "0.2")
+    fault = fault_env({"kind": "hang_step", "iteration": 2, "rank": 1, "stamp": str(stamp)})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    ranks = [subprocess.Popen(command(args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**fault, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}) for r in range(2)]
+    try:
+        out, err = ranks[0].communicate(timeout=240)
+        exit_s = time.time() - float(stamp.read_text())
+    finally:
+        for p in ranks:
+            p.kill()
+            p.communicate()
+    assert_one_line(subprocess.CompletedProcess(ranks[0].args, ranks[0].returncode, out, err),
+                    "[rank 0]: error: lost contact with another rank", "Timed out", "relaunch with --load")
+    print(f"with a 12 s timeout, rank 0 exited {exit_s:.1f} s after rank 1 hung")
 
 
 def test_deleted_shard_stops_then_resumes_once_restored(data: str, reference: Path, tmp_path: Path) -> None:
