@@ -54,3 +54,20 @@ def test_resume_iteration_and_prune_rules(tmp_path: Path) -> None:
     (tmp_path / "10").mkdir()
     prune(str(tmp_path), 1, keep=10, deletable=lambda it: it in {10} or it < 4)
     assert sorted(int(p.name) for p in tmp_path.iterdir() if p.is_dir()) == [4, 6, 8, 10]
+
+
+def test_save_folder_with_checkpoints_needs_load_and_partials_are_cleaned(tmp_path: Path) -> None:
+    from megatron_cogview.parallel import ParallelState
+    from megatron_cogview.training.save_lock import LOCK_FILE, prepare_save_folder
+
+    save = tmp_path / "run"
+    (save / "4").mkdir(parents=True)
+    (save / ".partial-6").mkdir()
+    with pytest.raises(CheckpointError, match="already holds checkpoints \\(iterations 4\\).*pass --load"):
+        prepare_save_folder(str(save), "", ParallelState.single(), print)
+    assert not (save / LOCK_FILE).exists() and (save / ".partial-6").is_dir()  # refused: nothing touched
+    warnings: list[str] = []
+    lock = prepare_save_folder(str(save), str(save), ParallelState.single(), warnings.append)
+    assert warnings == [f"deleted the half-written checkpoint folder {save / '.partial-6'} of an interrupted save"]
+    assert sorted(p.name for p in save.iterdir()) == [LOCK_FILE, "4"]
+    lock.release()
