@@ -98,3 +98,33 @@ def score(images: Iterable[Image.Image | np.ndarray], expected: Sequence[Combina
         hits["all"] += int(all(ok))
         n += 1
     return {k: v / max(n, 1) for k, v in hits.items()}
+
+
+def _holes(blob: np.ndarray) -> np.ndarray:
+    """Pixels outside `blob` that the image border cannot reach without crossing it (its enclosed holes)."""
+    h, w = blob.shape
+    outside = np.zeros_like(blob)
+    stack = [(y, x) for y in range(h) for x in (0, w - 1) if not blob[y, x]]
+    stack += [(y, x) for x in range(w) for y in (0, h - 1) if not blob[y, x]]
+    for y, x in stack:
+        outside[y, x] = True
+    while stack:
+        y, x = stack.pop()
+        for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+            if 0 <= ny < h and 0 <= nx < w and not blob[ny, nx] and not outside[ny, nx]:
+                outside[ny, nx] = True
+                stack.append((ny, nx))
+    return ~blob & ~outside
+
+
+def check_style(image: Image.Image | np.ndarray, threshold: float = 60.0) -> str | None:
+    """"outlined" when the shape encloses a hole of background (>= 2 px and >= 4% of the shape), "filled" when
+    it does not, None when no shape is found: reads the outlined style of `synth.render(..., style="outlined")`."""
+    arr = _as_array(image)
+    border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])  # [2h+2w, 3]
+    mask = np.linalg.norm(arr - np.median(border, axis=0), axis=-1) > threshold
+    if mask.sum() < 4:
+        return None
+    blob = _largest_blob(mask)
+    holes = int(_holes(blob).sum())
+    return "outlined" if holes >= max(2, 0.04 * (holes + int(blob.sum()))) else "filled"

@@ -28,13 +28,16 @@ def _add_synth(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed: the same seed gives the same dataset")
     p.add_argument("--lang", choices=("en", "zh"), default="en", help="language of the `caption` field")
     p.add_argument("--num-heldout", type=int, default=10, help="combinations kept out of training")
+    p.add_argument("--shape-style", choices=("filled", "outlined"), default="filled",
+                   help="how shapes are drawn (outlined: a style for fine-tuning demos)")
     p.set_defaults(func=_run_synth)
 
 
 def _run_synth(args: argparse.Namespace) -> int:
     from .synth import write_synth
 
-    summary = write_synth(args.out, args.num, args.image_size, args.seed, args.lang, args.num_heldout)
+    summary = write_synth(args.out, args.num, args.image_size, args.seed, args.lang, args.num_heldout,
+                          args.shape_style)
     print(f"synth: {summary.num_train} training and {summary.num_heldout} held-out images in {summary.out} "
           f"({len(summary.heldout)} held-out combinations)")
     return 0

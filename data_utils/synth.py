@@ -127,21 +127,35 @@ def shape_box(sample: ShapeSample, image_size: int) -> tuple[int, int, int]:
     return x, y, side
 
 
-def render(sample: ShapeSample, image_size: int = 32) -> Image.Image:
-    """Draw `sample` as an RGB image of `image_size` x `image_size` pixels."""
+RENDER_STYLES = ("filled", "outlined")  # "outlined": a new style pretraining never saw (style fine-tuning demos)
+
+
+def outline_width(image_size: int) -> int:
+    """Line width of the outlined style: 2 px at 32 px, scaled with the image."""
+    return max(2, round(image_size / 16))
+
+
+def render(sample: ShapeSample, image_size: int = 32, style: str = "filled") -> Image.Image:
+    """Draw `sample` as an RGB image of `image_size` x `image_size` pixels (filled, or outlined only)."""
     if image_size < 16:
         raise DataError(f"--image-size {image_size} is too small; use 16 or more")
+    if style not in RENDER_STYLES:
+        raise DataError(f"unknown shape style {style!r}; use one of {', '.join(RENDER_STYLES)}")
     image = Image.new("RGB", (image_size, image_size), BACKGROUNDS[sample.background])
     draw = ImageDraw.Draw(image)
     x, y, side = shape_box(sample, image_size)
-    fill = COLORS[sample.color]
+    colour = COLORS[sample.color]
+    paint = {"fill": colour} if style == "filled" else {"outline": colour, "width": outline_width(image_size)}
     x1, y1 = x + side - 1, y + side - 1
     if sample.shape == "circle":
-        draw.ellipse([x, y, x1, y1], fill=fill)
+        draw.ellipse([x, y, x1, y1], **paint)
     elif sample.shape == "square":
-        draw.rectangle([x, y, x1, y1], fill=fill)
-    else:
-        draw.polygon([(x + (side - 1) / 2, y), (x, y1), (x1, y1)], fill=fill)
+        draw.rectangle([x, y, x1, y1], **paint)
+    elif style == "filled":
+        draw.polygon([(x + (side - 1) / 2, y), (x, y1), (x1, y1)], fill=colour)
+    else:  # PIL's polygon has no line width: draw the closed path as lines
+        points = [(x + (side - 1) / 2, y), (x1, y1), (x, y1), (x + (side - 1) / 2, y)]
+        draw.line(points, fill=colour, width=outline_width(image_size), joint="curve")
     return image
 
 
@@ -177,13 +191,16 @@ def _record(sample: ShapeSample, image_rel: str, lang: str) -> dict:
 
 
 def write_synth(
-    out: str, num: int, image_size: int = 32, seed: int = 0, lang: str = "en", num_heldout: int = 10
+    out: str, num: int, image_size: int = 32, seed: int = 0, lang: str = "en", num_heldout: int = 10,
+    style: str = "filled",
 ) -> SynthSummary:
     """Write `num` PNGs, `captions.jsonl` (training pairs), `heldout.jsonl` and `splits.json` into `out`."""
     if num <= 0:
         raise DataError(f"--num {num} must be positive")
     if lang not in LANGS:
         raise DataError(f"unknown --lang {lang!r}; use one of {', '.join(LANGS)}")
+    if style not in RENDER_STYLES:
+        raise DataError(f"unknown --shape-style {style!r}; use one of {', '.join(RENDER_STYLES)}")
     heldout = heldout_combinations(seed, num_heldout)
     held = set(heldout)
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
@@ -193,14 +210,14 @@ def write_synth(
     ) as held_f, progress(num, "synth", "img") as bar:
         for sample in iter_samples(num, seed):
             rel = os.path.join("images", f"{sample.index:08d}.png")
-            render(sample, image_size).save(os.path.join(out, rel))
+            render(sample, image_size, style).save(os.path.join(out, rel))
             split = "heldout" if sample.combination in held else "train"
             counts[split] += 1
             f = held_f if split == "heldout" else train_f
             f.write(json.dumps(_record(sample, rel, lang), ensure_ascii=False) + "\n")
             bar.update(1)
     meta = {
-        "seed": seed, "num": num, "image_size": image_size, "lang": lang,
+        "seed": seed, "num": num, "image_size": image_size, "lang": lang, "style": style,
         "heldout": [dict(zip(("color", "shape", "position"), c)) for c in heldout],
         "counts": counts, "colors": list(COLORS), "shapes": list(SHAPES), "positions": list(POSITIONS),
     }

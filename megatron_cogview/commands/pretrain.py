@@ -84,8 +84,8 @@ def data_image_grid(manifest: Manifest) -> int | None:
     from data_utils.shards import decode_sample
     from megatron_cogview.checkpoint.positions import square_side
 
-    if manifest.task == "superres" or not manifest.shards:
-        return None
+    if manifest.task == "superres" or not manifest.shards or is_url(manifest.shard_paths()[0]):
+        return None  # (a remote stream is not opened just for this)
     layout = TokenLayout.from_dict(manifest.layout)
     for raw in iter_shard(manifest.shard_paths()[0]):
         tokens = decode_sample(raw, manifest.seq_len).tokens
