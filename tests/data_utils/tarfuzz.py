@@ -88,6 +88,8 @@ def valid_archive(rng: np.random.Generator) -> bytes:
                 info.type = tarfile.REGTYPE  # tarfile would read the truncated name "a.../" as a V7 directory
             data = _data(rng)
             info.size = len(data)
+            if fmt == tarfile.PAX_FORMAT and rng.random() < 0.15:  # size in a pax record, 0 in the header
+                info.pax_headers = {**info.pax_headers, "size": str(len(data))}
         try:
             tf.addfile(info, io.BytesIO(data))
         except ValueError:  # a name or number this format cannot store
