@@ -127,3 +127,22 @@ def test_convert_grows_the_table_and_generation_uses_it(small_grid: tuple[Path, 
         assert cli.main(["convert", "--load", str(ckpt), "--save", str(tmp_path / "x"), *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_image_tokenizer_at_a_recorded_grid_decodes_that_grid() -> None:
+    """What `cogview generate` uses for a checkpoint whose image_grid differs from the VQ-VAE's default."""
+    from tokenization.image import ImageTokenizer
+    from tokenization.vqvae.config import VQVAEConfig
+    from tokenization.vqvae.model import VQVAE
+
+    torch.manual_seed(0)
+    config = VQVAEConfig(image_size=32, hidden_channels=8, num_res_blocks=0, res_channels=4, downsample=4,
+                         codebook_size=16, code_dim=4)
+    tok = ImageTokenizer(VQVAE(config))
+    big = tok.at_grid(12)
+    assert (tok.grid_size, big.grid_size, big.image_size) == (8, 12, 48)
+    assert big.fingerprint() == tok.fingerprint() and big.model is tok.model
+    codes = torch.randint(0, 16, (2, 12, 12))
+    images = big.decode(codes)
+    assert [im.size for im in images] == [(48, 48), (48, 48)]
+    assert tok.grid_size == 8  # the original is unchanged
