@@ -26,5 +26,5 @@ def first_line(e: BaseException) -> str:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     if not lines:
         return type(e).__name__
-    line = re.sub(r"^\[[^\]]*\]\s*", "", lines[0])
+    line = re.sub(r"^\[[^\]]*\]\s*", "", lines[0]).lstrip(". ")  # "[enforce fail at ...] . unexpected pos"
     return line.split(". This is typically")[0][:200]
