@@ -12,6 +12,7 @@ setup(
         include=["megatron_cogview*", "tokenization*", "data_utils*", "finetune*"]
     ),
     py_modules=["arguments", "pretrain_gpt2"],
+    package_data={"megatron_cogview.serve": ["page.html"]},
     install_requires=[
         "torch>=2.1",
         "deepspeed>=0.14",
@@ -24,12 +25,14 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={
-        "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "scipy>=1.10", "wandb>=0.17"],
+        "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "scipy>=1.10", "wandb>=0.17", "fastapi>=0.110", "uvicorn>=0.29",
+                "python-multipart>=0.0.9", "httpx>=0.27", "playwright>=1.44"],
         # `cogview evaluate --features inception` uses torch-fidelity's FID Inception-v3; scripts/install.sh
         # installs it with --no-deps (eval and dev), since its torchvision requirement would replace torch.
         "eval": [],
         "tensorboard": ["tensorboard>=2.14"],
-        "wandb": ["wandb>=0.17"],  # --wandb-project: experiment tracking beside metrics.jsonl / TensorBoard
+        "wandb": ["wandb>=0.17"],
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],  # cogview serve (ASGI web stack)  # --wandb-project: experiment tracking beside metrics.jsonl / TensorBoard
         "bench": ["transformers>=4.40"],
     },
     entry_points={"console_scripts": ["cogview=megatron_cogview.cli:main"]},

@@ -14,6 +14,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "megatron_cogview.commands.demo",
     "megatron_cogview.commands.generate",
     "megatron_cogview.commands.convert",
+    "megatron_cogview.commands.serve",
     "megatron_cogview.commands.evaluate",
     "tokenization.cli",
     "data_utils.cli",

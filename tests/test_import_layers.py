@@ -24,6 +24,9 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "megatron_cogview.evaluation": (
         "megatron_cogview.training", "megatron_cogview.cli", "megatron_cogview.commands", "megatron_cogview.demo",
     ),
+    "megatron_cogview.serve": (
+        "megatron_cogview.training", "megatron_cogview.cli", "megatron_cogview.commands", "megatron_cogview.demo",
+    ),
     "tokenization": ("megatron_cogview", "data_utils", "finetune", "arguments", "pretrain_gpt2"),
     "data_utils": ("megatron_cogview", "finetune", "arguments", "pretrain_gpt2"),
 }
