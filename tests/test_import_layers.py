@@ -1,4 +1,4 @@
-"""Imports flow one way (DESIGN.md): a lower layer never imports a higher one."""
+"""Imports flow one way (docs/ARCHITECTURE.md): a lower layer never imports a higher one."""
 from __future__ import annotations
 
 import ast

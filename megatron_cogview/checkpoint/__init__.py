@@ -1,1 +1,1 @@
-"""Checkpoint layout (DESIGN.md), inference loading and conversion between parallel layouts."""
+"""Checkpoint layout, inference loading and conversion between parallel layouts (docs/ARCHITECTURE.md)."""

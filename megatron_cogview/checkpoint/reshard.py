@@ -1,6 +1,6 @@
 """How each CogView parameter is split over tensor-parallel ranks, and re-slicing shards for a new tp size.
 
-Rules are name based (the checkpoint keys, see DESIGN.md) and cross-checked against the
+Rules are name based (the checkpoint keys, see docs/ARCHITECTURE.md) and cross-checked against the
 `partition_dim` / `partition_stride` attributes the parallel layers put on a model built on the meta
 device, so a layer that changes how it shards cannot silently disagree with conversion.
 """
