@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from allocator import use_fair_allocator  # noqa: E402  (bench/ is on sys.path when run as a script)
 from megatron_cogview.config import ModelConfig  # noqa: E402
 from megatron_cogview.generation import GenerationConfig, draw_uniforms, generate_image_codes, inference, sample  # noqa: E402
 from megatron_cogview.model import CogViewModel  # noqa: E402
@@ -137,6 +138,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "generate_cpu.json"))
     args = ap.parse_args()
+    allocator = use_fair_allocator()
+    print(f"allocator (both sides): {allocator}", flush=True)
     n = args.tokens or (128 if args.quick else 1024)
     if PROMPT + n > 1089:
         raise SystemExit(f"--tokens {n} does not fit 1089 positions after a {PROMPT}-token prompt")
@@ -154,7 +157,7 @@ def main() -> None:
             ratio = "" if name == "ours" else f"{rows['ours'][f'speedup_vs_{name}_median']:.2f}"
             print(f"{b:>5} {name:>7} {row['min_s']:8.2f} {row['median_s']:9.2f} {row['tokens_per_s_median']:12.1f} {ratio:>8}")
     machine = dict(platform=platform.platform(), cpus=torch.get_num_threads(), processor=platform.processor())
-    out = dict(machine=machine, torch=torch.__version__, threads=args.threads, new_tokens=n, prompt_tokens=PROMPT,
+    out = dict(machine=machine, torch=torch.__version__, allocator=allocator, threads=args.threads, new_tokens=n, prompt_tokens=PROMPT,
                shape=dict(layers=4, hidden=256, heads=4, vocab=VOCAB, positions=1089), top_k=TOP_K, results=results)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=1))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -26,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from allocator import use_fair_allocator  # noqa: E402  (bench/ is on sys.path when run as a script)
 from megatron_cogview.config import ModelConfig  # noqa: E402
 from megatron_cogview.model import CogViewModel  # noqa: E402
 from megatron_cogview.parallel import ParallelState  # noqa: E402
@@ -156,6 +158,11 @@ def peak_memory(shape: Shape, dtype: str, which: str, device: str) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def _load() -> float:
+    """The 1-minute load average (the machine may be shared; ratios stay fair, absolute seconds do not)."""
+    return os.getloadavg()[0]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="small,medium")
@@ -167,10 +174,12 @@ def main() -> None:
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
+    allocator = use_fair_allocator()
     torch.set_num_threads(args.threads)
     machine = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.processor() or platform.machine()} CPU, {args.threads} threads"
     results = []
-    print(f"machine: {machine}; torch {torch.__version__}")
+    load_start = _load()
+    print(f"machine: {machine}; torch {torch.__version__}; allocator (both sides): {allocator}; load {_load()}")
     print(f"{'shape':8s} {'dtype':5s} {'ours med s':>10s} {'HF med s':>9s} {'ratio':>6s} {'ours min':>9s} {'HF min':>8s} {'ours MiB':>9s} {'HF MiB':>8s}")
     for shape_name in args.shapes.split(","):
         for dtype in args.dtypes.split(","):
@@ -184,7 +193,8 @@ def main() -> None:
                   f"{r['ratio_median']:6.2f} {r['ours']['min_s']:9.3f} {r['hf']['min_s']:8.3f} {mem}", flush=True)
             results.append(r)
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine, "torch": torch.__version__, "results": results}, indent=1))
+        Path(args.json).write_text(json.dumps({"machine": machine, "torch": torch.__version__, "allocator": allocator,
+                                               "load_average_1m": [load_start, _load()], "results": results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ import torch.multiprocessing as mp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from allocator import use_fair_allocator  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 VOCAB, SEQ, BATCH = 512, 80, 64
 
 
@@ -186,9 +188,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "train_cpu.json"))
     args = ap.parse_args()
+    allocator = use_fair_allocator()
+    print(f"allocator (both sides, inherited by spawned ranks): {allocator}; load {os.getloadavg()[0]:.1f}")
     parts = args.parts.split(",")
     res: dict = {"machine": f"{os.cpu_count()}-core CPU, gloo, DeepSpeed CPU accelerator", "torch": torch.__version__,
-                 "model": f"demo preset (4x128, 4 heads), vocab {VOCAB}, seq {SEQ}, batch {BATCH}"}
+                 "allocator": allocator, "model": f"demo preset (4x128, 4 heads), vocab {VOCAB}, seq {SEQ}, batch {BATCH}"}
     if "overhead" in parts:
         r = _spawn(_overhead, 1, args.steps)[0]
         res["overhead"] = r

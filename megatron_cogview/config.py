@@ -79,6 +79,10 @@ class ModelConfig:
     """PB-relax LayerNorm rescales each input row to this max |x| (the released CogView used 8)."""
     checkpoint_activations: bool = False
     """Recompute each layer's activations in backward to save memory."""
+    compile_layers: bool = False
+    """torch.compile each transformer layer for training (fuses LayerNorm, GELU, dropout and residual adds; the
+    first step pays the compile). Hidden-dropout masks are drawn eagerly from the same stream, so results match
+    eager; evaluation, generation and activation checkpointing run the eager layers."""
     seed: int = 1234
     """Seed of weight initialisation and dropout streams."""
 

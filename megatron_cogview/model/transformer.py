@@ -111,19 +111,23 @@ class TransformerLayer(nn.Module):
         if self.order == "sandwich":
             self.fourth_layernorm = b.layernorm(pb)
 
-    def _drop(self, x: torch.Tensor, tracker: RNGTracker | None) -> torch.Tensor:
+    def _drop(self, x: torch.Tensor, tracker: RNGTracker | None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is not None:  # drawn beforehand (compiled layers): the same arithmetic as dropout()
+            return x * mask * (1.0 / (1.0 - self.hidden_dropout))
         gen = tracker.generator(REPLICATED) if tracker is not None else None
         return dropout(x, self.hidden_dropout, gen, self.training)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None, tracker: RNGTracker | None, cache: KVCache | None = None
+        self, x: torch.Tensor, mask: torch.Tensor | None, tracker: RNGTracker | None, cache: KVCache | None = None,
+        drop_masks: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        d1, d2 = drop_masks if drop_masks is not None else (None, None)
         if self.order == "post":
-            h = self.input_layernorm(x + self._drop(self.attention(x, mask, tracker, cache, self.index), tracker))
-            return self.post_attention_layernorm(h + self._drop(self.mlp(h), tracker))
-        a = self._drop(self.attention(self.input_layernorm(x), mask, tracker, cache, self.index), tracker)
+            h = self.input_layernorm(x + self._drop(self.attention(x, mask, tracker, cache, self.index), tracker, d1))
+            return self.post_attention_layernorm(h + self._drop(self.mlp(h), tracker, d2))
+        a = self._drop(self.attention(self.input_layernorm(x), mask, tracker, cache, self.index), tracker, d1)
         h = x + (self.third_layernorm(a) if self.order == "sandwich" else a)
-        m = self._drop(self.mlp(self.post_attention_layernorm(h)), tracker)
+        m = self._drop(self.mlp(self.post_attention_layernorm(h)), tracker, d2)
         return h + (self.fourth_layernorm(m) if self.order == "sandwich" else m)
 
 
@@ -141,6 +145,7 @@ class Transformer(nn.Module):
             with torch.no_grad():
                 self.position_embeddings.weight.copy_(pos)
         self.layers = nn.ModuleList(TransformerLayer(b, i) for i in range(c.num_layers))
+        self._compiled: list[Callable[..., torch.Tensor]] | None = None  # built on first use (compile_layers)
         if c.layernorm_order != "post":
             self.final_layernorm = b.layernorm(c.pb_relax_layernorm in ("final", "all"))
 
@@ -151,10 +156,33 @@ class Transformer(nn.Module):
             return self.checkpoint_fn(fn, x)
         return torch_checkpoint(fn, x, use_reentrant=False)
 
+    def _compiled_layers(self) -> list[Callable[..., torch.Tensor]]:
+        if self._compiled is None:
+            self._compiled = [torch.compile(layer) for layer in self.layers]  # a plain list: state_dict unchanged
+        return self._compiled
+
+    def _drop_masks(self, x: torch.Tensor, tracker: RNGTracker | None) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Every layer's two hidden-dropout masks, drawn in eager order from the replicated stream."""
+        p = self.config.hidden_dropout
+        if p == 0.0:
+            return None
+        if tracker is None:
+            raise ValueError("dropout with p > 0 in training needs a generator from an RNGTracker")
+        dev = x.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype  # the branch outputs'
+        masks = [torch.empty(x.shape, dtype=dtype, device=x.device).bernoulli_(1.0 - p, generator=tracker.generator(REPLICATED))
+                 for _ in range(2 * len(self.layers))]  # as dropout() draws them
+        return [(masks[2 * i], masks[2 * i + 1]) for i in range(len(self.layers))]
+
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor | None, tracker: RNGTracker | None, cache: KVCache | None = None
     ) -> torch.Tensor:
         use_ckpt = self.config.checkpoint_activations and self.training and cache is None and torch.is_grad_enabled()
+        if self.config.compile_layers and self.training and cache is None and not use_ckpt:
+            masks = self._drop_masks(x, tracker)
+            for i, layer in enumerate(self._compiled_layers()):
+                x = layer(x, mask, tracker, None, masks[i] if masks is not None else None)
+            return self.final_layernorm(x) if hasattr(self, "final_layernorm") else x
         for layer in self.layers:
             x = self._checkpointed(layer, x, mask, tracker) if use_ckpt else layer(x, mask, tracker, cache)
         if cache is not None:
