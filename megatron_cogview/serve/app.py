@@ -11,7 +11,6 @@ from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel
 
 from megatron_cogview.serve.worker import ImageRequest, Job, Worker
 
@@ -28,18 +27,8 @@ class Limits:
     max_upload_bytes: int = 8 * 2**20
 
 
-class ImageBody(BaseModel):
-    prompt: str
-    num_samples: int = 4
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 1234
-    post_selection: bool = False
-
-
-def _check(body: ImageBody, limits: Limits, has_caption_model: bool) -> ImageRequest:
-    """The request, or HTTP 422 naming the first bad field."""
+def _check(body: ImageRequest, limits: Limits, has_caption_model: bool) -> ImageRequest:
+    """The request (FastAPI has checked the types), or HTTP 422 naming the first value out of range."""
     problems = [
         (not body.prompt.strip(), "prompt is empty"),
         (len(body.prompt) > limits.max_prompt_chars, f"prompt has {len(body.prompt)} characters; the limit is "
@@ -56,7 +45,7 @@ def _check(body: ImageBody, limits: Limits, has_caption_model: bool) -> ImageReq
     for bad, message in problems:
         if bad:
             raise HTTPException(status_code=422, detail=message)
-    return ImageRequest(**body.model_dump())
+    return body
 
 
 def _job(worker: Worker, job_id: str) -> Job:
@@ -94,7 +83,7 @@ def create_app(worker: Worker, limits: Limits = Limits(), title: str = "CogView"
                 "caption_model": worker.caption_model is not None, "limits": vars(limits)}
 
     @app.post("/api/text2image", status_code=202)
-    def text2image(body: ImageBody) -> dict[str, Any]:
+    def text2image(body: ImageRequest) -> dict[str, Any]:
         job = worker.submit(_check(body, limits, worker.caption_model is not None))
         return {"job": job.id}
 

@@ -29,7 +29,7 @@ from tokenization.unified import UnifiedTokenizer
 
 @dataclass(frozen=True)
 class ImageRequest:
-    """One text-to-image request, already validated against the server's limits."""
+    """One text-to-image request (also the JSON body of POST /api/text2image)."""
 
     prompt: str
     num_samples: int = 4
