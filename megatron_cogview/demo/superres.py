@@ -89,7 +89,7 @@ def run_superres(out: Path, settings: Any, log: Log, pretrain: Callable[..., Non
     _stage(out, s, 1, "super-resolution shards (16 px -> 32 px codes)", do_shards, (shards,), log)
     _stage(out, s, 2, "fine-tune super-resolution from CogView", do_finetune, (ckpt / "superres",), log)
     _stage(out, s, 3, "magnify 32 px -> 64 px + score", lambda: evaluate_superres(out, s, log),
-           (out / "samples" / "superres",))
+           (out / "samples" / "superres",), log)
     return json.loads((out / "report" / "superres.json").read_text())
 
 
