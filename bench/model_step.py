@@ -50,10 +50,10 @@ SHAPES = {
 }
 
 
-def build_ours(shape: Shape, device: str) -> tuple[torch.nn.Module, callable]:
+def build_ours(shape: Shape, device: str, compile_layers: bool = False) -> tuple[torch.nn.Module, callable]:
     cfg = ModelConfig(
         num_layers=shape.layers, hidden_size=shape.hidden, num_attention_heads=shape.heads, vocab_size=shape.vocab,
-        max_position_embeddings=shape.seq + 1, attention_kernel="sdpa",
+        max_position_embeddings=shape.seq + 1, attention_kernel="sdpa", compile_layers=compile_layers,
     )
     model = CogViewModel(cfg, ParallelState.single(), device=device).train()
 
@@ -101,13 +101,13 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def bench_pair(shape: Shape, dtype: str, steps: int, warmup: int, device: str) -> dict:
+def bench_pair(shape: Shape, dtype: str, steps: int, warmup: int, device: str, compile_layers: bool = False) -> dict:
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, shape.vocab, (shape.batch, shape.seq), generator=g).to(device)
     labels = torch.randint(0, shape.vocab, (shape.batch, shape.seq), generator=g).to(device)
     torch.manual_seed(0)
-    runners = {name: make_step(*build(shape, device), dtype, device)
-               for name, build in (("ours", build_ours), ("hf", build_hf))}
+    builders = (("ours", lambda s, d: build_ours(s, d, compile_layers)), ("hf", build_hf))
+    runners = {name: make_step(*build(shape, device), dtype, device) for name, build in builders}
     times: dict[str, list[float]] = {name: [] for name in runners}
     for i in range(warmup + steps):
         for name, step in runners.items():
@@ -117,7 +117,7 @@ def bench_pair(shape: Shape, dtype: str, steps: int, warmup: int, device: str) -
             sync(device)
             if i >= warmup:
                 times[name].append(time.perf_counter() - t0)
-    res = {"shape": shape.__dict__, "dtype": dtype, "steps": steps}
+    res = {"shape": shape.__dict__, "dtype": dtype, "steps": steps, "ours_compile_layers": compile_layers}
     for name, ts in times.items():
         res[name] = {"min_s": min(ts), "median_s": statistics.median(ts)}
     res["ratio_median"] = res["ours"]["median_s"] / res["hf"]["median_s"]
@@ -171,6 +171,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--compile-layers", default="off", choices=("off", "on", "both"),
+                    help="our model with ModelConfig.compile_layers (compiled in the warm-up steps); HF stays eager")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
@@ -180,16 +182,17 @@ def main() -> None:
     results = []
     load_start = _load()
     print(f"machine: {machine}; torch {torch.__version__}; allocator (both sides): {allocator}; load {_load()}")
-    print(f"{'shape':8s} {'dtype':5s} {'ours med s':>10s} {'HF med s':>9s} {'ratio':>6s} {'ours min':>9s} {'HF min':>8s} {'ours MiB':>9s} {'HF MiB':>8s}")
+    print(f"{'shape':8s} {'dtype':5s} {'compile':7s} {'ours med s':>10s} {'HF med s':>9s} {'ratio':>6s} {'ours min':>9s} {'HF min':>8s} {'ours MiB':>9s} {'HF MiB':>8s}")
+    compiles = {"off": (False,), "on": (True,), "both": (False, True)}[args.compile_layers]
     for shape_name in args.shapes.split(","):
-        for dtype in args.dtypes.split(","):
+        for dtype, comp in ((d, c) for d in args.dtypes.split(",") for c in compiles):
             shape = SHAPES[shape_name]
-            r = bench_pair(shape, dtype, args.steps, args.warmup, args.device)
+            r = bench_pair(shape, dtype, args.steps, args.warmup, args.device, comp)
             if not args.no_memory:
                 r["ours"]["peak_mib"] = peak_memory(shape, dtype, "ours", args.device)
                 r["hf"]["peak_mib"] = peak_memory(shape, dtype, "hf", args.device)
             mem = (f"{r['ours'].get('peak_mib', float('nan')):9.0f} {r['hf'].get('peak_mib', float('nan')):8.0f}")
-            print(f"{shape_name:8s} {dtype:5s} {r['ours']['median_s']:10.3f} {r['hf']['median_s']:9.3f} "
+            print(f"{shape_name:8s} {dtype:5s} {'layers' if comp else 'no':7s} {r['ours']['median_s']:10.3f} {r['hf']['median_s']:9.3f} "
                   f"{r['ratio_median']:6.2f} {r['ours']['min_s']:9.3f} {r['hf']['min_s']:8.3f} {mem}", flush=True)
             results.append(r)
     if args.json:

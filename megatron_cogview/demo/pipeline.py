@@ -71,8 +71,9 @@ def _fingerprint(settings: DemoSettings, index: int) -> str:
 
 
 class Stages:
-    """Runs stages in order, once: a stage whose marker matches its settings is skipped; a stage that must
-    run again first deletes its old outputs (so e.g. a longer pre-training starts fresh, not resumed)."""
+    """Runs stages in order, once: a stage whose marker matches its settings and whose outputs exist is skipped;
+    a stage that must run again first deletes its old outputs (so e.g. a longer pre-training starts fresh, not
+    resumed), and every stage after it runs again too (it read what that stage wrote)."""
 
     def __init__(self, out: Path, settings: DemoSettings, log: Log, total: int) -> None:
         self.out, self.settings, self.log, self.total = out, settings, log, total
@@ -80,17 +81,20 @@ class Stages:
         self.marks.mkdir(parents=True, exist_ok=True)
         self.index = 0
         self.times: dict[str, float] = {}
+        self.rerun_rest = False  # an earlier stage ran: the later ones are stale
 
     def run(self, name: str, fn: Callable[[], Any], outputs: tuple[Path, ...] = ()) -> None:
         self.index += 1
         mark = self.marks / f"{name}.json"
         fp = _fingerprint(self.settings, self.index)
-        if mark.is_file() and json.loads(mark.read_text()).get("fingerprint") == fp:
+        done = mark.is_file() and json.loads(mark.read_text()).get("fingerprint") == fp
+        if done and not self.rerun_rest and all(path.exists() for path in outputs):
             self.log(f"[{self.index}/{self.total}] {name}: done before, skipped")
             return
         for path in outputs:
             shutil.rmtree(path, ignore_errors=True)
         self.log(f"[{self.index}/{self.total}] {name} ...")
+        self.rerun_rest = True
         start = time.perf_counter()
         fn()
         self.times[name] = time.perf_counter() - start
@@ -197,7 +201,8 @@ def run_demo(out: str | Path, settings: DemoSettings, log: Log = print) -> dict[
     st.run("generate + score", lambda: evaluate(out, s, log), (out / "samples",))
     st.run("shapes FID, Caption Loss, 95% CIs", lambda: demo_metrics(out, s, log), (out / "eval",))
     metrics: dict[str, Any] = {}
-    st.run("report", lambda: metrics.update(write_report(out, s, st.times)))
+    st.run("report", lambda: metrics.update(write_report(out, s, st.times)),
+           (out / "report" / "metrics.json", out / "report" / "summary.md"))  # report/ also holds the SR stages' files
     if not metrics:
         metrics = json.loads((out / "report" / "metrics.json").read_text())
     if s.super_resolution:

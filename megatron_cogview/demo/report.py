@@ -1,4 +1,4 @@
-"""report/: metrics.json, a PNG overview grid with captions, and a short markdown summary."""
+"""report/: metrics.json, the sample grid (overview.png), training curves, VQ-VAE reconstructions, summary.md."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,39 +7,13 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw
-
+from megatron_cogview.demo.figures import read_curve, sample_grid, training_curves, vqvae_reconstructions
 from megatron_cogview.demo.metrics import metrics_table
 
 
 def _stage_seconds(out: Path) -> dict[str, float]:
     marks = [(json.loads(m.read_text()), m.stem) for m in (out / "stages").glob("*.json")]
     return {name: data.get("seconds", 0.0) for data, name in sorted(marks, key=lambda x: x[0].get("index", 0))}
-
-
-def _overview(out: Path, scores: dict[str, Any], target: Path) -> None:
-    """One row per prompt: its caption, then its sample grid (best CapLoss first)."""
-    rows = []
-    for group in ("heldout", "seen"):
-        for pid, p in scores.get(group, {}).get("per_prompt", {}).items():
-            grid = Image.open(out / "samples" / group / p["grid"]).convert("RGB")
-            scale = max(1, 96 // grid.height) if grid.height < 96 else 1
-            grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
-            label = Image.new("RGB", (260, grid.height), (255, 255, 255))
-            mark = "ok " if p["best_correct"] else "bad"
-            ImageDraw.Draw(label).text((4, 4), f"[{group}] {mark}\n{p['prompt']}", fill=(0, 0, 0))
-            row = Image.new("RGB", (label.width + grid.width, grid.height), (255, 255, 255))
-            row.paste(label, (0, 0))
-            row.paste(grid, (label.width, 0))
-            rows.append(row)
-    if not rows:
-        return
-    sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height + 4 for r in rows)), (230, 230, 230))
-    y = 0
-    for r in rows:
-        sheet.paste(r, (0, y))
-        y += r.height + 4
-    sheet.save(target)
 
 
 def write_report(out: Path, settings: Any, _times: dict[str, float]) -> dict[str, Any]:
@@ -56,10 +30,15 @@ def write_report(out: Path, settings: Any, _times: dict[str, float]) -> dict[str
         "heldout_shapes_fid": {r: evaluation["heldout"]["rows"][r]["fid_0"] for r in ("one_sample", "reranked")},
         "evaluation": evaluation,
         "stage_seconds": times, "total_seconds": round(sum(times.values()), 1),
-        "settings": dataclasses.asdict(settings), "machine": platform.platform(),
+        "settings": dataclasses.asdict(settings), "seed": settings.seed, "machine": platform.platform(),
     }
+    curves = {"pre-training (text-to-image)": read_curve(out / "logs" / "pretrain.log"),
+              "caption model (image-to-text)": read_curve(out / "logs" / "caption.log")}
+    training_curves(curves, report / "training_curves.png")
+    metrics["training_curves"] = curves
+    metrics["vqvae_reconstructions"] = vqvae_reconstructions(out, report / "vqvae_reconstructions.png")
+    metrics["sample_grid"] = sample_grid(out, scores, report / "overview.png")
     (report / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    _overview(out, scores, report / "overview.png")
     lines = [
         "# megatron-cogview laptop demo",
         "",
@@ -72,7 +51,20 @@ def write_report(out: Path, settings: Any, _times: dict[str, float]) -> dict[str
         "",
         "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()) + f"; total {sum(times.values()):.0f}",
         "",
-        "![overview](overview.png)",
+        "Samples (32 px, shown 4x with nearest neighbour): one row per caption, 8 of its draws; the blue frame",
+        "marks the post-selected pick (lowest Caption Loss of all its draws), the bar under each draw is green when the attribute",
+        "checker reads colour, shape and position right, red when not.",
+        "",
+        "![samples](overview.png)",
+        "",
+        "Training loss (total, text, image) against step, for pre-training and the caption model:",
+        "",
+        "![training curves](training_curves.png)",
+        "",
+        f"VQ-VAE: held-out images (top) and their reconstructions (bottom), mean PSNR "
+        f"{metrics['vqvae_reconstructions']['mean_psnr_db']:.1f} dB:",
+        "",
+        "![VQ-VAE reconstructions](vqvae_reconstructions.png)",
         "",
         "Per-sample PNGs, grids and samples.jsonl are under ../samples/.",
     ]
