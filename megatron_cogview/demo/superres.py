@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 Log = Callable[[str], None]
-SR_FIELDS = (("sr_iters", "sr_lr"), ("sr_eval_scenes",))
+SR_FIELDS = ((), ("sr_iters", "sr_lr"), ("sr_eval_scenes",))  # settings read by SR stage 1, 2, 3
 
 
 def _fingerprint(settings: Any, upto: int) -> str:
