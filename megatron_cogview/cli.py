@@ -6,6 +6,8 @@ import importlib
 import sys
 from typing import Callable, Sequence
 
+from megatron_cogview.errors import exit_on_user_error
+
 # (module, function) pairs; each function is `register(subparsers) -> None` and adds one or more
 # subcommands whose parser sets `func=callable(args) -> int | None`.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -19,22 +21,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tokenization.cli",
     "data_utils.cli",
 )
-
-
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """Exception types that mean 'the user asked for something wrong' (not a bug)."""
-    types: list[type[BaseException]] = [FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError]
-    for module, name in (
-        ("megatron_cogview.config", "ConfigError"),
-        ("megatron_cogview.parallel.state", "ParallelStateError"),
-        ("tokenization.errors", "TokenizationError"),
-        ("data_utils.errors", "DataError"),
-    ):
-        try:
-            types.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            continue
-    return tuple(types)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,14 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        code = args.func(args)
-    except user_error_types() as e:
-        print(f"cogview {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return exit_on_user_error(f"cogview {args.command}", lambda: args.func(args))
     except KeyboardInterrupt:
         print(f"cogview {args.command}: interrupted", file=sys.stderr)
         return 130
-    return int(code or 0)
 
 
 if __name__ == "__main__":

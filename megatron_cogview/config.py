@@ -7,13 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from megatron_cogview.errors import UserError
+
 LayerNormOrder = Literal["sandwich", "pre", "post"]
 AttentionKernel = Literal["sdpa", "pb-relax", "plain", "sparse"]
 SparseBackend = Literal["auto", "flex", "sdpa"]
 PBRelaxLayerNorm = Literal["none", "final", "all"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration value a user set is invalid; the message names the field and the fix."""
 
 

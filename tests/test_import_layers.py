@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
 }
 # third-party modules allowed in exactly one project module each
 SINGLE_IMPORTERS = ("deepspeed", "webdataset")
+# the shared leaf (user-error base class, exit-2 wrapper): every layer may import it; it imports only the stdlib
+SHARED_LEAF = "megatron_cogview.errors"
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:
@@ -70,6 +73,8 @@ def violations(root: Path = ROOT) -> list[str]:
             if mod != layer and not mod.startswith(layer + "."):
                 continue
             for name in imported_modules(path):
+                if name == SHARED_LEAF or name.startswith(SHARED_LEAF + "."):
+                    continue
                 for prefix in banned:
                     if name == prefix.rstrip(".") or name.startswith(prefix if prefix.endswith(".") else prefix + ".") or name == prefix:
                         found.append(f"{mod} imports {name} (layer {layer} must not import {prefix})")
@@ -84,6 +89,14 @@ def test_no_upward_imports() -> None:
 def test_heavy_third_party_imported_in_one_module(lib: str) -> None:
     users = [module_name(p) for p in project_files() if any(n == lib or n.startswith(lib + ".") for n in imported_modules(p))]
     assert len(users) <= 1, f"{lib} is imported by {users}; route it through one module"
+
+
+def test_shared_leaf_imports_only_the_standard_library() -> None:
+    leaf = ROOT.joinpath(*SHARED_LEAF.split(".")).with_suffix(".py")
+    package_init = leaf.parent / "__init__.py"  # importing the leaf runs its package's __init__ too
+    for path in (leaf, package_init):
+        outside = {n.split(".")[0] for n in imported_modules(path)} - set(sys.stdlib_module_names)
+        assert not outside, f"{path.name} imports {sorted(outside)}; the shared leaf must stay dependency-free"
 
 
 def test_checker_catches_a_violation(tmp_path: Path) -> None:

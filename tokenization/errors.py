@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from megatron_cogview.errors import UserError
 
-class TokenizationError(ValueError):
+
+class TokenizationError(UserError):
     """A user error (missing file, bad argument, incompatible sizes): one line naming the problem and the fix."""

@@ -18,6 +18,7 @@ from data_utils.remote import is_url, read_url
 from data_utils.shards import Manifest
 from megatron_cogview.checkpoint.layout import CheckpointError, CheckpointMeta, read_meta
 from megatron_cogview.config import ConfigError, ModelConfig, TrainConfig
+from megatron_cogview.errors import exit_on_user_error
 from megatron_cogview.model import CogViewModel
 from megatron_cogview.parallel.state import ParallelState, default_device
 from megatron_cogview.training.checkpointing import has_checkpoint, resume_iteration
@@ -33,10 +34,7 @@ from megatron_cogview.training.faults import first_line, from_collective
 from megatron_cogview.training.logger import TrainLogger
 from megatron_cogview.training.save_lock import prepare_save_folder
 from megatron_cogview.training.loop import Trainer
-from tokenization.errors import TokenizationError
 from tokenization.layout import TokenLayout
-
-USER_ERRORS = (ConfigError, DataError, TokenizationError, FileNotFoundError)
 
 
 def _manifest(paths: list[str]) -> Manifest:
@@ -274,10 +272,7 @@ def _prefix() -> str:
 def main(argv: Sequence[str] | None = None, source_transform: SourceTransform | None = None) -> int:
     """Run, turning user errors into one line and exit status 2."""
     try:
-        return run(argv, source_transform)
-    except USER_ERRORS + (CheckpointError,) as e:
-        print(f"{_prefix()}: error: {e}", file=sys.stderr)
-        return 2
+        return exit_on_user_error(_prefix, lambda: run(argv, source_transform))
     except RuntimeError as e:
         if not from_collective(e):
             raise
