@@ -7,10 +7,11 @@ import os
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
+from tokenization.image_files import IMAGE_EXTENSIONS, is_image_name
+
 from .errors import DataError
 from .wds import ShardReadError, iter_tar
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
 CAPTION_KEYS = ("caption", "text", "txt", "prompt")
 IMAGE_KEYS = ("image", "image_path", "path", "file", "filename")
 
@@ -89,7 +90,7 @@ def _folder_items(folder: str) -> Iterator[RawItem]:
     found: list[str] = []
     for root, dirs, files in os.walk(folder):
         dirs.sort()
-        found += [os.path.join(root, f) for f in sorted(files) if f.rsplit(".", 1)[-1].lower() in IMAGE_EXTS]
+        found += [os.path.join(root, f) for f in sorted(files) if is_image_name(f)]
     for path in found:
         stem = os.path.splitext(path)[0]
         caption = ""
@@ -104,7 +105,7 @@ def _tar_items(path: str) -> Iterator[RawItem]:
     try:
         for sample in iter_tar(path):
             key = str(sample["__key__"])
-            image_ext = next((e for e in IMAGE_EXTS if e in sample), None)
+            image_ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
             caption = bytes(sample.get("txt", b"")).decode("utf-8", errors="replace")  # type: ignore[arg-type]
             if not caption and "json" in sample:
                 try:
@@ -126,7 +127,7 @@ def input_files(inputs: Sequence[str]) -> list[str]:
         if not os.path.exists(path):
             raise DataError(f"input {path} not found; pass JSONL/TSV files, image folders or .tar shards")
         tars = sorted(f for f in os.listdir(path) if f.endswith(".tar")) if os.path.isdir(path) else []
-        if tars and not any(f.rsplit(".", 1)[-1].lower() in IMAGE_EXTS for f in os.listdir(path)):
+        if tars and not any(is_image_name(f) for f in os.listdir(path)):
             files += [os.path.join(path, t) for t in tars]
         else:
             files.append(path)
@@ -144,7 +145,7 @@ def iter_inputs(
         lower = path.lower()
         if os.path.isdir(path):
             tars = sorted(f for f in os.listdir(path) if f.endswith(".tar"))
-            has_images = any(f.rsplit(".", 1)[-1].lower() in IMAGE_EXTS for f in os.listdir(path))
+            has_images = any(is_image_name(f) for f in os.listdir(path))
             if tars and not has_images:
                 for tar in tars:
                     yield from _tar_items(os.path.join(path, tar))

@@ -7,8 +7,10 @@ import string
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
+from tokenization.image_files import IMAGE_EXTENSIONS, is_image_name
+
 from .errors import DataError
-from .sources import IMAGE_EXTS, RawItem
+from .sources import RawItem
 
 DEFAULT_TEMPLATE = "An image of {style} style"
 
@@ -43,7 +45,7 @@ class StyleCaptions:
 
 def _images(folder: str) -> list[str]:
     """Image files under a folder (recursive)."""
-    return [f for _, _, files in os.walk(folder) for f in files if f.rsplit(".", 1)[-1].lower() in IMAGE_EXTS]
+    return [f for _, _, files in os.walk(folder) for f in files if is_image_name(f)]
 
 
 def style_name(folder_name: str) -> str:
@@ -60,11 +62,11 @@ def check_style_inputs(inputs: Sequence[str], styles: StyleCaptions) -> dict[str
         if not styles.per_folder:
             n = len(_images(path))
             if n == 0:
-                raise DataError(f"style folder {path} has no images ({', '.join(IMAGE_EXTS)}); check the path")
+                raise DataError(f"style folder {path} has no images ({', '.join(IMAGE_EXTENSIONS)}); check the path")
             counts[str(styles.style)] = counts.get(str(styles.style), 0) + n
             continue
         entries = sorted(os.listdir(path))
-        stray = [f for f in entries if os.path.isfile(os.path.join(path, f)) and f.rsplit(".", 1)[-1].lower() in IMAGE_EXTS]
+        stray = [f for f in entries if os.path.isfile(os.path.join(path, f)) and is_image_name(f)]
         if stray:
             raise DataError(f"--style-from-folders: {os.path.join(path, stray[0])} is not inside a style folder; "
                             f"move the images of {path} into one sub-folder per style")

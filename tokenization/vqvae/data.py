@@ -15,10 +15,9 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from tokenization.errors import TokenizationError
+from tokenization.image_files import IMAGE_EXTENSIONS, is_image_name
 from tokenization.imageproc import load_image, normalize, pil_to_tensor, resize_center_crop, to_rgb
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-TAR_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 _LIST_SUFFIXES = (".txt", ".lst", ".list")
 _BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
@@ -46,7 +45,7 @@ def expand_braces(pattern: str) -> list[str]:
 
 
 def _tar_members(path: Path) -> list[ImageSource]:
-    """Image members of a webdataset tar (`KEY.jpg|png|webp`; the first image per key)."""
+    """Image members of a webdataset tar (`KEY.jpg|png|...`; the first image per key)."""
     if path.suffix in (".gz", ".tgz", ".bz2", ".xz", ".zst"):
         raise TokenizationError(
             f"{str(path)!r} is compressed; train-vqvae reads uncompressed .tar shards (decompress it first)"
@@ -60,7 +59,7 @@ def _tar_members(path: Path) -> list[ImageSource]:
                     continue
                 directory, _, base = member.name.rpartition("/")
                 key, _, ext = base.partition(".")  # webdataset: the key ends at the first dot
-                if ext.lower() in TAR_IMAGE_EXTENSIONS and (directory, key) not in seen:
+                if ext.lower() in IMAGE_EXTENSIONS and (directory, key) not in seen:
                     seen.add((directory, key))  # type: ignore[arg-type]
                     out.append(ImageSource(str(path), member.offset_data, member.size))
     except tarfile.TarError as e:
@@ -69,7 +68,7 @@ def _tar_members(path: Path) -> list[ImageSource]:
 
 
 def _folder_images(path: Path) -> list[ImageSource]:
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    files = sorted(p for p in path.rglob("*") if is_image_name(p.name) and p.is_file())
     return [ImageSource(str(p)) for p in files]
 
 
@@ -101,7 +100,7 @@ def find_images(data: Sequence[str]) -> list[ImageSource]:
                 found = _tar_members(path)
             elif path.suffix.lower() in _LIST_SUFFIXES:
                 found = _list_images(path)
-            elif path.suffix.lower() in IMAGE_EXTENSIONS:
+            elif is_image_name(path.name):
                 found = [ImageSource(str(path))]
             else:
                 raise TokenizationError(
