@@ -168,9 +168,33 @@ def checkpointing_equal(s: Sizes) -> dict[str, float]:
     return {"loss_rel": abs(float(l1 - l0)) / abs(float(l0)), "max_grad_rel": max(_rel(a, b) for a, b in zip(g1, g0))}
 
 
+def sparse_vs_dense(seq: int = 4096, heads: int = 8) -> dict[str, Any]:
+    """CUDA: three-region sparse attention (FlexAttention) vs dense causal SDPA, forward + backward, bf16."""
+    from megatron_cogview.model.sparse import sample_pattern, sparse_attention
+
+    cfg = model_preset("cogview-4b", attention_kernel="sparse", sparse_backend="flex", attention_dropout=0.0,
+                       max_position_embeddings=seq + 1)
+    tokens = torch.randint(0, 8192, (1, seq), device="cuda")
+    tokens[:, :64] = 9000
+    pattern = sample_pattern(tokens, cfg, None)
+    q, k, v = (torch.randn(1, heads, seq, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    out: dict[str, Any] = {"seq": seq}
+    for name, fn in (("dense", lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)),
+                     ("sparse_flex", lambda: sparse_attention(q, k, v, pattern))):
+        torch.cuda.reset_peak_memory_stats()
+        sec = timed(lambda: fn().sum().backward(), "cuda")
+        out[name] = {"ms": round(1000 * sec, 2), "peak_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
+    return out
+
+
 def kernels(s: Sizes) -> dict[str, Any]:
     """SDPA backends per phase, fused-loss precision in fp16 and bf16, checkpointing == no checkpointing."""
     out: dict[str, Any] = {"sdpa": sdpa_backends(s)}
+    if s.device.startswith("cuda"):
+        try:
+            out["sparse_attention"] = sparse_vs_dense()
+        except Exception as e:  # informative only: a FlexAttention problem must not hide the other checks
+            out["sparse_attention"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
     ok = True
     for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
         r = fused_loss_precision(s, dtype)
