@@ -133,7 +133,7 @@ def super_resolution(
         _cmd(layout, "BASE", "BOI1"),
         _image(layout, low_codes, "low_codes"),
         _cmd(layout, "EOI1"),
-        _cmd(layout, "ROI2", "BASE", "BOI2"),
+        _cmd(layout, *SR_SECOND_SEGMENT["ours"]),
         _image(layout, high_codes, "high_codes"),
         _cmd(layout, "EOI2"),
     ]
@@ -162,15 +162,24 @@ def image_to_text_prompt(layout: TokenLayout, image_codes: IdsLike) -> TemplateS
     return _assemble(layout, pieces, np.zeros(0, dtype=np.int64), None)
 
 
-def super_resolution_prompt(layout: TokenLayout, text_ids: IdsLike, low_codes: IdsLike) -> TemplateSequence:
-    """Super-resolution prompt `[ROI1] text [BASE] [BOI1] low [EOI1] [ROI2] [BASE] [BOI2]`; positions restart at [ROI2]."""
+# The commands that open the high-res segment, per template family: ours, and the original CogView release's
+# super-resolution model (trained with a [POS0] after [ROI2]; `cogview convert --from cogview-original` marks it).
+SR_SECOND_SEGMENT = {"ours": ("ROI2", "BASE", "BOI2"), "cogview-original": ("ROI2", "POS0", "BASE", "BOI2")}
+
+
+def super_resolution_prompt(layout: TokenLayout, text_ids: IdsLike, low_codes: IdsLike,
+                            family: str = "ours") -> TemplateSequence:
+    """Super-resolution prompt `[ROI1] text [BASE] [BOI1] low [EOI1] [ROI2] [BASE] [BOI2]` (the original release's
+    family has `[ROI2] [POS0] [BASE] [BOI2]`); positions restart at [ROI2]."""
+    if family not in SR_SECOND_SEGMENT:
+        raise TokenizationError(f"unknown template family {family!r}; use one of {sorted(SR_SECOND_SEGMENT)}")
     pieces = [
         _cmd(layout, "ROI1"),
         None,
         _cmd(layout, "BASE", "BOI1"),
         _image(layout, low_codes, "low_codes"),
         _cmd(layout, "EOI1"),
-        _cmd(layout, "ROI2", "BASE", "BOI2"),
+        _cmd(layout, *SR_SECOND_SEGMENT[family]),
     ]
     return _assemble(layout, pieces, _text(layout, text_ids), None, restart_at=5)
 

@@ -44,7 +44,7 @@ def load_sr(args: argparse.Namespace, load: str):  # type: ignore[no-untyped-def
         raise ConfigError(f"super-resolution checkpoint {load!r} does not exist")
     _, meta = read_meta(load)
     model, tok = load_for_generation(args, load)
-    sr = SRModel(model, tok, sr_grid(meta.tokenizers, tok.image.downsample, load))
+    sr = SRModel(model, tok, sr_grid(meta.tokenizers, tok.image.downsample, load), meta.extra.get("template", "ours"))
     check_fits(sr)
     return sr
 

@@ -29,6 +29,7 @@ class SRModel:
     model: CogViewModel
     tokenizer: UnifiedTokenizer
     grid: int  # g: the model writes g x g high-res codes after g/2 x g/2 low-res codes
+    family: str = "ours"  # template family (tokenization.templates.SR_SECOND_SEGMENT); from the checkpoint's extra
 
     def input_grid(self, mode: str) -> int:
         """Codes per side of the input grid of a mode: g/2 for one pass, g for magnify."""
@@ -51,7 +52,7 @@ def sr_grid(tokenizers: dict[str, Any], downsample: int, name: str) -> int:
 def check_fits(sr: SRModel) -> None:
     """GenerationError unless `[ROI2] [BASE] [BOI2]` and g x g high-res codes fit the model's position table."""
     layout = sr.tokenizer.layout
-    prompt = super_resolution_prompt(layout, [], torch.zeros(sr.grid // 2, sr.grid // 2, dtype=torch.long))
+    prompt = super_resolution_prompt(layout, [], torch.zeros(sr.grid // 2, sr.grid // 2, dtype=torch.long), sr.family)
     need = int(prompt.position_ids[-1]) + sr.grid * sr.grid  # the last high-res code is never an input
     if need > sr.model.config.max_position_embeddings:
         raise GenerationError(f"the SR model's {sr.grid}x{sr.grid} high-res grid needs {need} positions but the model "
@@ -71,7 +72,7 @@ def prompt_builder(sr: SRModel, texts: Sequence[str], log: Log) -> PromptBuilder
         ids.append(pieces[:room])
 
     def build(row: int, low_codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        seq = super_resolution_prompt(layout, ids[row], low_codes)
+        seq = super_resolution_prompt(layout, ids[row], low_codes, sr.family)
         return torch.from_numpy(seq.tokens), torch.from_numpy(seq.position_ids)
 
     return build

@@ -107,6 +107,13 @@ def test_prompts() -> None:
     assert cap.tokens.tolist() == image_to_text(L, GRID, [], 1028).tokens.tolist()
     sr = super_resolution_prompt(L, [4], np.zeros((16, 16), dtype=np.int64))
     assert sr.tokens[-3:].tolist() == [ROI2, BASE, BOI2] and sr.position_ids[-3:].tolist() == [0, 1, 2]
+    # the original release's SR model was trained with [POS0] after [ROI2]; same prefix, positions still restart
+    orig = super_resolution_prompt(L, [4], np.zeros((16, 16), dtype=np.int64), "cogview-original")
+    assert orig.tokens[:-4].tolist() == sr.tokens[:-3].tolist()
+    assert orig.tokens[-4:].tolist() == [ROI2, L.command("POS0"), BASE, BOI2]
+    assert orig.position_ids[-4:].tolist() == [0, 1, 2, 3]
+    with pytest.raises(TokenizationError, match="unknown template family"):
+        super_resolution_prompt(L, [4], np.zeros((16, 16), dtype=np.int64), "other")
 
 
 def test_small_layout_and_validation() -> None:
