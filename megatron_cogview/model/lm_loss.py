@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from megatron_cogview.parallel.mappings import Group, group_rank, group_size
+from megatron_cogview.parallel.mappings import Group, all_reduce, group_rank
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 26  # logits elements per chunk (256 MiB in fp32; still no [tokens, vocab] tensor kept)
 
@@ -40,11 +40,6 @@ def _grad_scale(loss_weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.exp2(torch.floor(torch.log2(2.0**14 / w_max)))  # stays on the device: no host sync
 
 
-def _all_reduce(x: torch.Tensor, group: Group, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> None:
-    if group_size(group) > 1:
-        dist.all_reduce(x, op=op, group=group)
-
-
 class _FusedLMLoss(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
@@ -69,15 +64,15 @@ class _FusedLMLoss(torch.autograd.Function):
             y = labels[i : i + chunk]
             logits = torch.matmul(h, weight.t()).float()  # [c, V/tp]
             row_max = logits.max(dim=-1).values
-            _all_reduce(row_max, group, dist.ReduceOp.MAX)
+            row_max = all_reduce(row_max, group, dist.ReduceOp.MAX)
             logits.sub_(row_max.unsqueeze(-1))
             outside = (y < start) | (y >= start + per_rank)
             local_y = (y - start).masked_fill(outside, 0)
             predicted = logits.gather(-1, local_y.unsqueeze(-1)).squeeze(-1).masked_fill(outside, 0.0)
-            _all_reduce(predicted, group)
+            predicted = all_reduce(predicted, group)
             probs = logits.exp_()
             sum_exp = probs.sum(dim=-1)
-            _all_reduce(sum_exp, group)
+            sum_exp = all_reduce(sum_exp, group)
             losses[i : i + chunk] = torch.log(sum_exp) - predicted
             if with_grads:
                 # d(w * CE)/d logits = w * softmax - w * onehot(y), on this rank's vocab slice: one pass

@@ -1,6 +1,5 @@
 """Tensor parallelism on torch.distributed (Megatron's "mpu"), with explicit state."""
 from megatron_cogview.parallel.broadcast import broadcast_batch
-from megatron_cogview.parallel.cross_entropy import vocab_parallel_cross_entropy
 from megatron_cogview.parallel.grad_norm import clip_grad_norm, grad_norm
 from megatron_cogview.parallel.layers import (
     ColumnParallelLinear,
@@ -23,5 +22,5 @@ __all__ = [
     "ParallelState", "ParallelStateError", "RNGTracker", "REPLICATED", "MODEL_PARALLEL", "dropout", "replay_rng",
     "copy_to_region", "reduce_from_region", "scatter_to_region", "gather_from_region",
     "ColumnParallelLinear", "RowParallelLinear", "VocabParallelEmbedding", "is_parallel_param", "shard", "unshard",
-    "vocab_parallel_cross_entropy", "clip_grad_norm", "grad_norm", "broadcast_batch",
+    "clip_grad_norm", "grad_norm", "broadcast_batch",
 ]

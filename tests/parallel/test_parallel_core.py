@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from megatron_cogview.model.lm_loss import fused_lm_loss
 from megatron_cogview.parallel import (
     MODEL_PARALLEL,
     REPLICATED,
@@ -28,7 +29,6 @@ from megatron_cogview.parallel import (
     scatter_to_region,
     shard,
     unshard,
-    vocab_parallel_cross_entropy,
 )
 from megatron_cogview.parallel.layers import init_master
 from tests.distributed import run_distributed
@@ -137,18 +137,25 @@ def _embedding(state: ParallelState) -> None:
     close(layer.weight.grad, shard(master.grad, 0, state.tp_size, state.tp_rank), "embedding weight grad")
 
 
-def _cross_entropy(state: ParallelState) -> None:
+def _lm_loss(state: ParallelState) -> None:
+    # the fused, chunked loss on this rank's vocab slice (3 chunks) vs cross entropy over the full logits
     gen = torch.Generator().manual_seed(9)
-    logits = (torch.randn(3, 6, 64, generator=gen) * 4).requires_grad_()
-    target = torch.randint(0, 64, (3, 6), generator=gen)
-    local = logits.detach().chunk(state.tp_size, -1)[state.tp_rank].clone().requires_grad_()
-    loss = vocab_parallel_cross_entropy(local, target, state.tp_group)
-    ref = F.cross_entropy(logits.view(-1, 64), target.view(-1), reduction="none").view(3, 6)
-    close(loss, ref, "cross entropy")
-    w = torch.rand(3, 6, generator=gen)
-    (loss * w).sum().backward()
-    (ref * w).sum().backward()
-    close(local.grad, logits.grad.chunk(state.tp_size, -1)[state.tp_rank], "cross entropy grad")
+    hidden = torch.randn(18, 8, generator=gen).requires_grad_()
+    weight = torch.randn(64, 8, generator=gen).requires_grad_()
+    target = torch.randint(0, 64, (18,), generator=gen)
+    w = torch.rand(18, generator=gen)
+    local_h = hidden.detach().clone().requires_grad_()
+    local_w = weight.detach().chunk(state.tp_size, 0)[state.tp_rank].clone().requires_grad_()
+    total, per_token = fused_lm_loss(copy_to_region(local_h, state.tp_group), local_w, target, w, state.tp_group,
+                                     chunk_elements=7 * local_w.size(0))
+    ref = F.cross_entropy(hidden @ weight.t(), target, reduction="none")
+    close(per_token, ref.detach(), "lm loss per token")
+    ref_total = (ref * w).sum()
+    close(total, ref_total.detach(), "lm loss total")
+    total.backward()
+    ref_total.backward()
+    close(local_h.grad, hidden.grad, "lm loss hidden grad")
+    close(local_w.grad, weight.grad.chunk(state.tp_size, 0)[state.tp_rank], "lm loss weight grad")
 
 
 def _rng(state: ParallelState) -> None:
@@ -178,7 +185,10 @@ def _grad_norm(state: ParallelState) -> None:
     w1, w2 = init_master((16, 8), 0.02, gen(1)), init_master((8, 16), 0.02, gen(2))
     ref = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 8))
     with torch.no_grad():
-        ref[0].weight.copy_(w1); ref[0].bias.zero_(); ref[1].weight.copy_(w2); ref[1].bias.zero_()
+        ref[0].weight.copy_(w1)
+        ref[0].bias.zero_()
+        ref[1].weight.copy_(w2)
+        ref[1].bias.zero_()
     x = torch.randn(4, 8, generator=gen(3))
     (row(col(x)) ** 2).sum().mul(100).backward()
     (ref(x) ** 2).sum().mul(100).backward()
@@ -214,7 +224,7 @@ def _all_checks(rank: int, world: int, tp: int) -> None:
         _column(state, stride)
     _row(state)
     _embedding(state)
-    _cross_entropy(state)
+    _lm_loss(state)
     _rng(state)
     _grad_norm(state)
     _broadcast(state)
@@ -231,7 +241,7 @@ def test_single_process_state_needs_no_distributed() -> None:
     _column(state, 3)
     _row(state)
     _embedding(state)
-    _cross_entropy(state)
+    _lm_loss(state)
     _grad_norm(state)
 
 
