@@ -239,8 +239,3 @@ def build_loader(
     check_keys = ("weights", "text_tokenizer", "image_tokenizer", "layout_fingerprint", "seq_len")
     checks = {k: kwargs.pop(k) for k in check_keys if k in kwargs}
     return StreamingLoader(datasets, LoaderConfig(**kwargs), dp_rank=dp_rank, dp_size=dp_size, **checks)
-
-
-def batch_to(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
-    """Move the tensors of a batch to `device` (keys stay a list of str)."""
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}

@@ -9,7 +9,7 @@ import shutil
 import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -353,8 +353,3 @@ def _finish_parts(run: _Run, manifest: Manifest, log: Callable[[str], None]) -> 
         log(f"preprocess: all {c.num_parts} parts done; {joined.num_samples} samples in {len(joined.shards)} "
             f"shard(s) listed in {os.path.join(c.out, MANIFEST_NAME)}")
     return joined or manifest
-
-
-def preprocess_paths(inputs: Sequence[str], text_tokenizer: str, image_tokenizer: str, out: str, **kwargs: Any) -> Manifest:
-    """preprocess() with the config given as keyword arguments."""
-    return preprocess(PreprocessConfig(tuple(inputs), text_tokenizer, image_tokenizer, out, **kwargs), log=lambda s: None)

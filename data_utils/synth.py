@@ -4,7 +4,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -234,8 +234,3 @@ def load_heldout(split_file: str) -> list[Combination]:
         return [(c["color"], c["shape"], c["position"]) for c in meta["heldout"]]
     except (OSError, KeyError, TypeError, json.JSONDecodeError) as e:
         raise DataError(f"cannot read held-out combinations from {split_file} ({e}); run `cogview synth` first") from e
-
-
-def sample_dict(sample: ShapeSample) -> dict:
-    """A JSON-friendly dict of a sample's attributes."""
-    return asdict(sample)

@@ -220,15 +220,6 @@ class ParallelConfig:
         _require(self.distributed_timeout_minutes > 0,
                  f"distributed_timeout_minutes={self.distributed_timeout_minutes} must be > 0")
 
-    def data_parallel_size(self, world_size: int) -> int:
-        """world_size / tp, or a ConfigError naming both numbers."""
-        _require(
-            world_size % self.tensor_parallel_size == 0,
-            f"world size {world_size} is not divisible by tensor_parallel_size={self.tensor_parallel_size}; "
-            f"launch a multiple of {self.tensor_parallel_size} processes or change the tp size",
-        )
-        return world_size // self.tensor_parallel_size
-
 
 Precision = Literal["fp32", "bf16", "fp16"]
 DecayStyle = Literal["cosine", "linear", "constant"]

@@ -41,10 +41,6 @@ class Selection:
     indices: torch.Tensor  # long [P, keep]
     scores: torch.Tensor  # fp32 [P, N]
 
-    def best_scores(self) -> torch.Tensor:
-        """CapLoss [P, keep] of the kept candidates."""
-        return self.scores.gather(1, self.indices)
-
 
 def _check(model: CogViewModel, images: torch.Tensor, texts: Sequence[Sequence[int]]) -> None:
     c = model.config

@@ -91,11 +91,6 @@ class ParallelState:
         """Global rank of tensor-parallel rank 0 in this rank's tp group."""
         return self.tp_ranks[0]
 
-    @property
-    def is_distributed(self) -> bool:
-        """True when more than one process takes part."""
-        return self.world_size > 1
-
     def check_divisible(self, name: str, value: int) -> None:
         """Raise a clear error unless `value` (a sharded dimension) divides by the tp size."""
         if value % self.tp_size:

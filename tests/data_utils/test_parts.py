@@ -19,6 +19,7 @@ from data_utils.errors import DataError
 from data_utils.loader import build_loader
 from data_utils.parts import Part, resolve_part
 from data_utils.shards import Manifest
+from tests.data_utils.helpers import preprocess_paths
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = dict(seq_len=24, samples_per_shard=3)
@@ -88,7 +89,7 @@ def test_resolve_part_from_flags_launchers_and_slurm():
 @pytest.mark.slow
 def test_two_launcher_ranks_equal_one_process(tokenizers, synth_dir, tmp_path):
     inputs = _tar_inputs(synth_dir, tmp_path / "tars", files=5, per_file=4)
-    single = pp.preprocess_paths([inputs], *tokenizers, str(tmp_path / "one"), **SETTINGS)
+    single = preprocess_paths([inputs], *tokenizers, str(tmp_path / "one"), **SETTINGS)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "megatron_cogview.cli", *_cli(tokenizers, [inputs], tmp_path / "two")]
@@ -127,26 +128,26 @@ def test_killed_part_reruns_without_duplicates(tokenizers, synth_dir, tmp_path):
     finally:
         job.send_signal(signal.SIGKILL)
         job.wait()
-    first = pp.preprocess_paths(inputs, *tokenizers, str(out), num_parts=2, part=0, **SETTINGS)
+    first = preprocess_paths(inputs, *tokenizers, str(out), num_parts=2, part=0, **SETTINGS)
     assert not (out / "dataset.json").exists() and first.num_samples == 12  # part 1 is not finished
     fifo.unlink()
     shutil.copy(blocked, fifo)
-    pp.preprocess_paths(inputs, *tokenizers, str(out), num_parts=2, part=1, **SETTINGS)  # the re-run resumes
-    reference = pp.preprocess_paths(inputs, *tokenizers, str(tmp_path / "one"), **SETTINGS)
+    preprocess_paths(inputs, *tokenizers, str(out), num_parts=2, part=1, **SETTINGS)  # the re-run resumes
+    reference = preprocess_paths(inputs, *tokenizers, str(tmp_path / "one"), **SETTINGS)
     assert Manifest.load(str(out)).num_samples == reference.num_samples == 24
     assert _samples(str(out)) == _samples(str(tmp_path / "one"))
     # re-running a finished part changes nothing
-    again = pp.preprocess_paths(inputs, *tokenizers, str(out), num_parts=2, part=1, **SETTINGS)
+    again = preprocess_paths(inputs, *tokenizers, str(out), num_parts=2, part=1, **SETTINGS)
     assert again.num_samples == 24
 
 
 def test_a_different_split_of_the_same_out_is_refused(tokenizers, synth_dir, tmp_path):
     inputs = _jsonl_inputs(synth_dir, tmp_path / "in", files=2, per_file=3)
-    pp.preprocess_paths(inputs, *tokenizers, str(tmp_path / "out"), num_parts=2, part=0, **SETTINGS)
+    preprocess_paths(inputs, *tokenizers, str(tmp_path / "out"), num_parts=2, part=0, **SETTINGS)
     with pytest.raises(DataError, match="another number of parts"):
-        pp.preprocess_paths(inputs, *tokenizers, str(tmp_path / "out"), num_parts=3, part=0, **SETTINGS)
+        preprocess_paths(inputs, *tokenizers, str(tmp_path / "out"), num_parts=3, part=0, **SETTINGS)
     with pytest.raises(DataError, match="another number of parts"):
-        pp.preprocess_paths(inputs, *tokenizers, str(tmp_path / "out"), **SETTINGS)
+        preprocess_paths(inputs, *tokenizers, str(tmp_path / "out"), **SETTINGS)
     assert not (tmp_path / "out" / "dataset.json").exists()
 
 
@@ -154,8 +155,8 @@ def test_data_merge_joins_independent_runs_and_names_shards_by_url(tokenizers, s
     from megatron_cogview.cli import main
 
     inputs = _jsonl_inputs(synth_dir, tmp_path / "in", files=2, per_file=4)
-    a = pp.preprocess_paths(inputs[:1], *tokenizers, str(tmp_path / "a"), prefix="a", **SETTINGS)
-    b = pp.preprocess_paths(inputs[1:], *tokenizers, str(tmp_path / "b"), prefix="b", **SETTINGS)
+    a = preprocess_paths(inputs[:1], *tokenizers, str(tmp_path / "a"), prefix="a", **SETTINGS)
+    b = preprocess_paths(inputs[1:], *tokenizers, str(tmp_path / "b"), prefix="b", **SETTINGS)
     assert main(["data-merge", str(tmp_path / "all"), str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     joined = Manifest.load(str(tmp_path / "all"))
     assert joined.num_samples == a.num_samples + b.num_samples == 8

@@ -14,6 +14,7 @@ from data_utils import preprocess as pp
 from data_utils.errors import DataError
 from data_utils.loader import build_loader
 from data_utils.shards import Manifest
+from tests.data_utils.helpers import preprocess_paths
 from tokenization import templates
 from tokenization.image import ImageTokenizer
 from tokenization.layout import TokenLayout
@@ -58,7 +59,7 @@ def _reference(tokenizers, rows: list[dict], synth_dir: str, seq_len: int, task:
 def _run(tokenizers, inputs, out, **kwargs) -> Manifest:
     kwargs.setdefault("seq_len", 24)
     kwargs.setdefault("samples_per_shard", 16)
-    return pp.preprocess_paths(inputs if isinstance(inputs, list) else [inputs], *tokenizers, str(out), **kwargs)
+    return preprocess_paths(inputs if isinstance(inputs, list) else [inputs], *tokenizers, str(out), **kwargs)
 
 
 def test_round_trip_equals_tokenizer_output(tokenizers, synth_dir, tmp_path):

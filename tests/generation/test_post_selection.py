@@ -41,7 +41,6 @@ def test_post_select_keeps_the_best_candidates(model: CogViewModel) -> None:
     for p in range(2):
         ref = [ref_caption_loss(model, images[p * 3 + j].tolist(), captions[p]) for j in range(3)]
         assert sel.indices[p].tolist() == sorted(range(3), key=lambda j: ref[j])[:2]
-    torch.testing.assert_close(sel.best_scores(), sel.scores.gather(1, sel.indices))
 
 
 def test_rerank_is_stable_and_checks_keep() -> None:

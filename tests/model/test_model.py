@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from megatron_cogview.config import ConfigError, ModelConfig, model_preset
 from megatron_cogview.model import CogViewModel, LayerNorm, ModelInputError, attend, count_parameters
 from megatron_cogview.model.attention import AttentionArgs
-from megatron_cogview.model.masks import causal_mask, id_range_mask, position_ids, prefix_mask
+from megatron_cogview.model.masks import causal_mask
 from megatron_cogview.parallel import ParallelState
 
 KERNELS = ("sdpa", "pb-relax", "plain")
@@ -18,6 +18,16 @@ KERNELS = ("sdpa", "pb-relax", "plain")
 
 def tiny(**kw) -> ModelConfig:
     return model_preset("tiny", **kw)
+
+
+def prefix_mask(prefix_len: torch.Tensor | int, seq_len: int) -> torch.Tensor:
+    """Bool [b, 1, s, s] (or [s, s]): bidirectional inside the first prefix_len tokens, causal after."""
+    base = causal_mask(seq_len)
+    k = torch.arange(seq_len)
+    if isinstance(prefix_len, int):
+        return base | (k < prefix_len).unsqueeze(0)
+    in_prefix = k.unsqueeze(0) < prefix_len.view(-1, 1)  # [b, s] key inside its row's prefix
+    return (base.unsqueeze(0) | in_prefix.unsqueeze(1)).unsqueeze(1)
 
 
 def reference_attention(q, k, v, mask):
@@ -212,15 +222,12 @@ def test_fused_loss_matches_full_logits_cross_entropy(dtype: torch.dtype) -> Non
         torch.testing.assert_close(fused[n] / scale, p.grad.float() / scale, **tol, msg=n)
 
 
-def test_masks_and_position_restart() -> None:
+def test_masks() -> None:
     assert causal_mask(2, 4).tolist() == [[True, True, True, False], [True, True, True, True]]
     pm = prefix_mask(torch.tensor([2, 0]), 3)
     assert pm.shape == (2, 1, 3, 3)
     assert pm[0, 0].tolist() == [[True, True, False], [True, True, False], [True, True, True]]
     assert pm[1, 0].tolist() == causal_mask(3).tolist()
-    tokens = torch.tensor([[5, 6, 7, 99, 8, 9], [5, 6, 7, 8, 9, 10]])
-    assert position_ids(tokens, restart_token=99).tolist() == [[0, 1, 2, 0, 1, 2], [0, 1, 2, 3, 4, 5]]
-    assert id_range_mask(10, [(0, 3), (8, 10)]).tolist() == [True] * 3 + [False] * 5 + [True] * 2
 
 
 def test_bad_inputs_give_clear_errors() -> None:
