@@ -26,13 +26,13 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "scipy>=1.10", "wandb>=0.17", "fastapi>=0.110", "uvicorn>=0.29",
-                "python-multipart>=0.0.9", "httpx>=0.27", "playwright>=1.44"],
+                "python-multipart>=0.0.9", "httpx>=0.27", "playwright>=1.44", "ruff>=0.6"],
         # `cogview evaluate --features inception` uses torch-fidelity's FID Inception-v3; scripts/install.sh
         # installs it with --no-deps (eval and dev), since its torchvision requirement would replace torch.
         "eval": [],
         "tensorboard": ["tensorboard>=2.14"],
-        "wandb": ["wandb>=0.17"],
-        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],  # cogview serve (ASGI web stack)  # --wandb-project: experiment tracking beside metrics.jsonl / TensorBoard
+        "wandb": ["wandb>=0.17"],  # --wandb-project: experiment tracking beside metrics.jsonl / TensorBoard
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],  # cogview serve (ASGI web stack)
         "bench": ["transformers>=4.40"],
     },
     entry_points={"console_scripts": ["cogview=megatron_cogview.cli:main"]},

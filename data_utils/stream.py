@@ -10,8 +10,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .errors import DataError
-from .shards import Manifest, TokenSample, decode_sample
 from .remote import exists, iter_shard, shard_file_name
+from .shards import Manifest, TokenSample, decode_sample
 from .wds import ShardReadError
 
 logger = logging.getLogger("data_utils")

@@ -27,9 +27,18 @@ from megatron_cogview.checkpoint.layout import (
     write_trackers,
 )
 from megatron_cogview.checkpoint.reshard import SplitRule, check_target_tp, expected_shapes, reslice, target_vocab_size
-from megatron_cogview.checkpoint.source import Log, MappedShards, Source, check_module, load_checkpoint_file, rank_files, stderr_log
+from megatron_cogview.checkpoint.source import (
+    Log,
+    MappedShards,
+    Source,
+    check_module,
+    load_checkpoint_file,
+    rank_files,
+    stderr_log,
+)
 from megatron_cogview.checkpoint.zero import all_optimizer_files, gather_fp32
 from megatron_cogview.config import ModelConfig
+
 
 # ---- output directory handling ----------------------------------------------------------------------
 def check_save_dir(save: Path) -> None:

@@ -18,7 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from megatron_cogview.checkpoint.convert import save_rank, staged_dir
-from megatron_cogview.checkpoint.layout import CheckpointError, CheckpointMeta, model_states_file, write_meta, write_trackers
+from megatron_cogview.checkpoint.layout import (
+    CheckpointError,
+    CheckpointMeta,
+    model_states_file,
+    write_meta,
+    write_trackers,
+)
 from megatron_cogview.checkpoint.load import read_module
 from megatron_cogview.checkpoint.source import Log, Source
 

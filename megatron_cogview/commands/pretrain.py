@@ -32,8 +32,8 @@ from megatron_cogview.training.engine import (
 )
 from megatron_cogview.training.faults import first_line, from_collective
 from megatron_cogview.training.logger import TrainLogger
-from megatron_cogview.training.save_lock import prepare_save_folder
 from megatron_cogview.training.loop import Trainer
+from megatron_cogview.training.save_lock import prepare_save_folder
 from tokenization.layout import TokenLayout
 
 

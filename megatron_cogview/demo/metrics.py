@@ -50,7 +50,7 @@ def demo_metrics(out: Path, settings: Any, log: Log) -> dict[str, Any]:
 def metrics_table(results: dict[str, Any]) -> list[str]:
     """Markdown lines: per caption group, one-sample and reranked accuracy (95% CI), CapLoss and shapes FID-k."""
     r = results["rerank_group"]
-    lines = [f"| captions | draws | | accuracy [95% CI] | CapLoss | " + " | ".join(f"FID-{k}" for k in RADII) + " |",
+    lines = ["| captions | draws | | accuracy [95% CI] | CapLoss | " + " | ".join(f"FID-{k}" for k in RADII) + " |",
              "|---" * (5 + len(RADII)) + "|"]
     names = {"heldout": "held-out combinations", "seen": "seen in training"}
     for group in ("heldout", "seen"):

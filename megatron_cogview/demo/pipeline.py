@@ -2,7 +2,6 @@
 images for held-out captions -> attribute-checker scores -> report/. Completed stages are skipped on re-runs."""
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import shutil

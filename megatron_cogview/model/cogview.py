@@ -8,8 +8,8 @@ from torch import nn
 
 from megatron_cogview.config import ConfigError, ModelConfig
 from megatron_cogview.model.attention import KVCache
-from megatron_cogview.model.sparse import sample_pattern
 from megatron_cogview.model.lm_loss import DEFAULT_CHUNK_ELEMENTS, fused_lm_loss
+from megatron_cogview.model.sparse import sample_pattern
 from megatron_cogview.model.transformer import Build, Transformer
 from megatron_cogview.parallel.layers import VocabParallelEmbedding
 from megatron_cogview.parallel.mappings import copy_to_region, gather_from_region

@@ -7,7 +7,12 @@ import torch
 from PIL import Image
 
 from megatron_cogview.generation import (
-    CaptionTemplate, GenerationConfig, GenerationError, Selection, generate_text, post_select,
+    CaptionTemplate,
+    GenerationConfig,
+    GenerationError,
+    Selection,
+    generate_text,
+    post_select,
 )
 from megatron_cogview.model import CogViewModel
 from tokenization.templates import image_to_text_prompt

@@ -19,11 +19,11 @@ import torch
 import torch.distributed as dist
 
 from megatron_cogview.checkpoint.layout import (
-    CheckpointError,
-    CheckpointMeta,
     DS_TRACKER,
     META_FILE,
     TRACKER,
+    CheckpointError,
+    CheckpointMeta,
     iteration_dir,
     read_latest,
     read_meta,
@@ -107,8 +107,8 @@ def _save_failed(save: str, iteration: int, error: BaseException) -> CheckpointS
     signs = ("No space left", "unexpected pos", "file write failed")
     full = getattr(error, "errno", None) == errno.ENOSPC or any(s in str(error) for s in signs)
     return CheckpointSaveError(
-        f"could not write checkpoint {iteration} to {save!r} ({'disk full' if full else 'write failed'}: {first}{free}); {last}: free space or fix the "
-        f"folder (or choose another --save), then relaunch with --load {save}"
+        f"could not write checkpoint {iteration} to {save!r} ({'disk full' if full else 'write failed'}: {first}{free}); "
+        f"{last}: free space or fix the folder (or choose another --save), then relaunch with --load {save}"
     )
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from megatron_cogview import cli
 from megatron_cogview.checkpoint.convert import reshard
-from megatron_cogview.checkpoint.export import export_safetensors, load_exported
+from megatron_cogview.checkpoint.export import load_exported
 from megatron_cogview.checkpoint.layout import CheckpointError, model_states_file, read_meta
 from megatron_cogview.checkpoint.source import open_source
-from megatron_cogview import cli
 from megatron_cogview.model import CogViewModel
 from megatron_cogview.parallel import ParallelState
 from tests.checkpoint.helpers import ITERATION, TOL, logits_match, save_tp1, save_tp_model, tiny, tokens

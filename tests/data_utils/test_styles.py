@@ -12,9 +12,9 @@ from data_utils.loader import build_loader
 from data_utils.remote import iter_shard
 from data_utils.shards import Manifest
 from megatron_cogview.cli import main
+from tokenization.layout import TokenLayout
 from tokenization.text import TextTokenizer
 from tokenization.unified import split_sequence
-from tokenization.layout import TokenLayout
 
 
 def _images(folder: Path, names: list[str], synth_dir: str) -> None:

@@ -59,6 +59,7 @@ def test_evaluate_shapes_end_to_end_and_resume(demo: Path, tmp_path: Path, capsy
 
 def test_caption_loss_is_the_teacher_forced_nll_from_full_logits(demo: Path) -> None:
     """The CapLoss the evaluation ranks by equals -(1/|t|) sum log p(t_i | image, t_<i) from the full logits."""
+    from data_utils.shards import Manifest
     from megatron_cogview.checkpoint.load import load_model
     from megatron_cogview.parallel import ParallelState
     from megatron_cogview.tasks.captioning import caption_template, rerank_images
@@ -66,7 +67,6 @@ def test_caption_loss_is_the_teacher_forced_nll_from_full_logits(demo: Path) -> 
     from tokenization.layout import TokenLayout
     from tokenization.text import TextTokenizer
     from tokenization.unified import UnifiedTokenizer
-    from data_utils.shards import Manifest
 
     torch.set_num_threads(1)
     model, _ = load_model(demo / "checkpoints" / "image2text", ParallelState.single())

@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from megatron_cogview.evaluation.metrics import (
-    fid_from_features, frechet_distance, gaussian_blur, gaussian_stats, inception_score, wilson_interval,
+    fid_from_features,
+    frechet_distance,
+    gaussian_blur,
+    gaussian_stats,
+    inception_score,
+    wilson_interval,
 )
 
 scipy_linalg = pytest.importorskip("scipy.linalg")

@@ -6,7 +6,12 @@ import torch
 
 from megatron_cogview.config import ConfigError
 from megatron_cogview.generation import (
-    GenerationConfig, GenerationError, decode, generate_image_codes, generate_text, range_logits,
+    GenerationConfig,
+    GenerationError,
+    decode,
+    generate_image_codes,
+    generate_text,
+    range_logits,
 )
 from megatron_cogview.model import CogViewModel
 from tests.generation.conftest import IMAGE, TEXT

@@ -6,7 +6,13 @@ import torch.distributed as dist
 
 from megatron_cogview.config import model_preset
 from megatron_cogview.generation import (
-    CaptionTemplate, GenerationConfig, caption_loss, decode, generate_image_codes, generate_text, range_logits,
+    CaptionTemplate,
+    GenerationConfig,
+    caption_loss,
+    decode,
+    generate_image_codes,
+    generate_text,
+    range_logits,
 )
 from megatron_cogview.model import CogViewModel
 from megatron_cogview.parallel import ParallelState

@@ -4,7 +4,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from megatron_cogview.generation import CaptionTemplate, GenerationConfig, GenerationError, caption_loss, post_select, rerank
+from megatron_cogview.generation import (
+    CaptionTemplate,
+    GenerationConfig,
+    GenerationError,
+    caption_loss,
+    post_select,
+    rerank,
+)
 from megatron_cogview.model import CogViewModel
 from tests.generation.conftest import IMAGE, TEXT
 

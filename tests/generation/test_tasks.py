@@ -14,7 +14,13 @@ from megatron_cogview.generation import GenerationConfig, caption_loss
 from megatron_cogview.model import CogViewModel
 from megatron_cogview.parallel import ParallelState
 from megatron_cogview.tasks import (
-    PromptFileError, caption_images, parse_prompts, read_prompts, rerank_images, sample_seed, text_to_image,
+    PromptFileError,
+    caption_images,
+    parse_prompts,
+    read_prompts,
+    rerank_images,
+    sample_seed,
+    text_to_image,
     text_to_image_file,
 )
 from megatron_cogview.tasks.captioning import caption_template

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from megatron_cogview.config import model_preset
-from megatron_cogview.model import CogViewModel
-from megatron_cogview.model import attend
+from megatron_cogview.model import CogViewModel, attend
 from megatron_cogview.model.attention import AttentionArgs
 from megatron_cogview.parallel import ParallelState, is_parallel_param, shard
 from tests.distributed import run_distributed

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import signal
 import subprocess
 import time
@@ -15,7 +13,7 @@ import torch
 from megatron_cogview.checkpoint.layout import model_states_file, read_latest
 from megatron_cogview.checkpoint.load import load_states
 from tests.training.data import make_dataset
-from tests.training.runner import base_args, command, env, losses, metrics, train, ROOT
+from tests.training.runner import ROOT, base_args, command, env, losses, metrics, train
 
 
 @pytest.fixture(scope="module")
