@@ -158,6 +158,12 @@ def peak_memory(shape: Shape, dtype: str, which: str, device: str) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def _hf_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
 def _load() -> float:
     """The 1-minute load average (the machine may be shared; ratios stay fair, absolute seconds do not)."""
     return os.getloadavg()[0]
@@ -195,9 +201,10 @@ def main() -> None:
             print(f"{shape_name:8s} {dtype:5s} {'layers' if comp else 'no':7s} {r['ours']['median_s']:10.3f} {r['hf']['median_s']:9.3f} "
                   f"{r['ratio_median']:6.2f} {r['ours']['min_s']:9.3f} {r['hf']['min_s']:8.3f} {mem}", flush=True)
             results.append(r)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine, "torch": torch.__version__, "allocator": allocator,
-                                               "load_average_1m": [load_start, _load()], "results": results}, indent=1))
+            if args.json:  # after every row: a run cut short keeps what it measured
+                Path(args.json).write_text(json.dumps({
+                    "machine": machine, "torch": torch.__version__, "transformers": _hf_version(),
+                    "allocator": allocator, "load_average_1m": [load_start, _load()], "results": results}, indent=1))
 
 
 if __name__ == "__main__":
