@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from allocator import use_fair_allocator  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 from megatron_cogview.config import ModelConfig  # noqa: E402
 from megatron_cogview.model import CogViewModel  # noqa: E402
 from megatron_cogview.parallel import ParallelState  # noqa: E402
@@ -187,7 +188,8 @@ def main() -> None:
     machine = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.processor() or platform.machine()} CPU, {args.threads} threads"
     results = []
     load_start = _load()
-    print(f"machine: {machine}; torch {torch.__version__}; allocator (both sides): {allocator}; load {_load()}")
+    print(f"machine: {machine}; torch {torch.__version__}; allocator (both sides): {allocator}; "
+          f"load {_load():.1f}")
     print(f"{'shape':8s} {'dtype':5s} {'compile':7s} {'ours med s':>10s} {'HF med s':>9s} {'ratio':>6s} {'ours min':>9s} {'HF min':>8s} {'ours MiB':>9s} {'HF MiB':>8s}")
     compiles = {"off": (False,), "on": (True,), "both": (False, True)}[args.compile_layers]
     for shape_name in args.shapes.split(","):
