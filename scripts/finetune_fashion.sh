@@ -25,16 +25,8 @@ cd "$(dirname "$0")/.."
 : "${FINETUNE_FROM:?set FINETUNE_FROM to a text-to-image checkpoint}"
 SAVE="${SAVE:-checkpoints/fashion}"
 TP="${TP:-1}"
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  NPROC="${NPROC:-$(nvidia-smi -L | wc -l)}"
-  DS_CONFIG="${DS_CONFIG:-scripts/ds_configs/cogview_fp16_zero1.json}"
-  LAUNCH=(deepspeed --num_gpus "$NPROC" --module)
-else
-  NPROC="${NPROC:-1}"
-  DS_CONFIG="${DS_CONFIG:-scripts/ds_configs/cpu_fp32.json}"
-  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-  LAUNCH=("${PYTHON:-python3}" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m)
-fi
+source scripts/lib/launch.sh
+launcher module
 exec "${LAUNCH[@]}" finetune.style \
   --preset "${PRESET:-small}" --tensor-parallel-size "$TP" --max-position-embeddings "${POSITIONS:-2568}" \
   --finetune-from "$FINETUNE_FROM" --train-data "$DATA" --train-iters "${ITERS:-5000}" --lr "${LR:-5e-5}" \

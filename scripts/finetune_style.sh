@@ -28,16 +28,8 @@ if [ -n "${GENERAL_DATA:-}" ]; then
 else
   DATA_FLAGS=(--train-data "$STYLE_DATA")
 fi
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  NPROC="${NPROC:-$(nvidia-smi -L | wc -l)}"
-  DS_CONFIG="${DS_CONFIG:-scripts/ds_configs/cogview_fp16_zero1.json}"
-  LAUNCH=(deepspeed --num_gpus "$NPROC" --module)
-else
-  NPROC="${NPROC:-1}"
-  DS_CONFIG="${DS_CONFIG:-scripts/ds_configs/cpu_fp32.json}"
-  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-  LAUNCH=("${PYTHON:-python3}" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m)
-fi
+source scripts/lib/launch.sh
+launcher module
 exec "${LAUNCH[@]}" finetune.style \
   --preset "${PRESET:-small}" --tensor-parallel-size "$TP" \
   --finetune-from "$FINETUNE_FROM" "${DATA_FLAGS[@]}" --train-iters "${ITERS:-2000}" --lr "${LR:-3e-5}" \

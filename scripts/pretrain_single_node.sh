@@ -19,16 +19,8 @@ SAVE="${SAVE:-checkpoints/run}"
 PRESET="${PRESET:-small}"
 TP="${TP:-1}"
 ITERS="${ITERS:-144000}"
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  NPROC="${NPROC:-$(nvidia-smi -L | wc -l)}"
-  DS_CONFIG="${DS_CONFIG:-scripts/ds_configs/cogview_fp16_zero1.json}"
-  LAUNCH=(deepspeed --num_gpus "$NPROC")
-else
-  NPROC="${NPROC:-1}"
-  DS_CONFIG="${DS_CONFIG:-scripts/ds_configs/cpu_fp32.json}"
-  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-  LAUNCH=("${PYTHON:-python3}" -m torch.distributed.run --standalone --nproc_per_node "$NPROC")
-fi
+source scripts/lib/launch.sh
+launcher
 exec "${LAUNCH[@]}" pretrain_gpt2.py \
   --preset "$PRESET" --tensor-parallel-size "$TP" \
   --train-data "$DATA" --train-iters "$ITERS" \
