@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from megatron_cogview.commands.generate import add_sampling_flags
 from megatron_cogview.config import ConfigError
 
 
@@ -32,14 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-captions", type=int, default=0, help="use only the first N unique captions (0 = all)")
     p.add_argument("--max-references", type=int, default=10000, help="reference images read for FID (0 = all)")
     p.add_argument("--overwrite", action="store_true", help="delete samples of an earlier run with other settings")
-    p.add_argument("--text-tokenizer", default="", help="SentencePiece model (default: the checkpoint's)")
-    p.add_argument("--image-tokenizer", default="", help="VQ-VAE directory (default: the checkpoint's)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    p.add_argument("--top-k", type=int, default=0, help="top-k sampling (0 = off)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1 = off)")
-    p.add_argument("--seed", type=int, default=1234, help="base seed (each draw's seed derives from it)")
-    p.add_argument("--max-batch", type=int, default=16, help="max sequences per forward")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    add_sampling_flags(p)
     p.set_defaults(func=run)
 
 

@@ -11,17 +11,22 @@ from megatron_cogview.commands import super_resolution as sr_command
 from megatron_cogview.config import ConfigError
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--load", required=True, help="checkpoint directory written by training (or `cogview convert`)")
+def add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    """Tokenizer overrides, sampling settings, batch cap and device: shared by generate and evaluate."""
     p.add_argument("--text-tokenizer", default="", help="SentencePiece model (default: the one the checkpoint names)")
     p.add_argument("--image-tokenizer", default="", help="VQ-VAE directory (default: the one the checkpoint names)")
-    p.add_argument("--num-samples", type=int, default=1, help="samples per prompt / image")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
     p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off; CogView used 200)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1 = off)")
     p.add_argument("--seed", type=int, default=1234, help="base seed (each sample's seed is derived from it)")
     p.add_argument("--max-batch", type=int, default=16, help="max sequences per forward (max_inference_batch_size)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--load", required=True, help="checkpoint directory written by training (or `cogview convert`)")
+    p.add_argument("--num-samples", type=int, default=1, help="samples per prompt / image")
+    add_sampling_flags(p)
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="weights and compute: fp32, or bf16/fp16 "
                    "(half the memory; fp16 is for GPUs)")
     p.add_argument("--cuda-graphs", action="store_true", help="replay each decode step as a CUDA graph (GPU only; "
