@@ -11,7 +11,8 @@ setup(
     packages=find_packages(
         include=["megatron_cogview*", "tokenization*", "data_utils*", "finetune*"]
     ),
-    py_modules=["arguments", "pretrain_gpt2"],
+    # arguments.py and pretrain_gpt2.py are repo-root shims (`deepspeed pretrain_gpt2.py ...`), not installed modules:
+    # the parser is megatron_cogview.arguments and the entry megatron_cogview.commands.pretrain (`cogview train`).
     package_data={"megatron_cogview.serve": ["page.html"]},
     install_requires=[
         "torch>=2.1",

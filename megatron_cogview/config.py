@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from megatron_cogview.dataclass_flags import field_help, option
 from megatron_cogview.errors import UserError
 
 LayerNormOrder = Literal["sandwich", "pre", "post"]
@@ -39,54 +40,71 @@ def pad_vocab_size(num_tokens: int, tp_size: int, divisible_by: int = 128) -> in
 class ModelConfig:
     """Shape and numerics of a CogView transformer."""
 
-    num_layers: int = 4
-    """Number of transformer layers."""
-    hidden_size: int = 128
-    """Width of the residual stream."""
-    num_attention_heads: int = 4
-    """Attention heads; must divide hidden_size (and be divisible by the tensor-parallel size)."""
-    vocab_size: int = 58240
-    """Padded vocabulary size (image codes + text pieces + command tokens, padded); divisible by tp."""
-    max_position_embeddings: int = 1089
-    """Rows of the learned position-embedding table (longest sequence the model accepts)."""
-    ffn_hidden_size: int = 0
-    """MLP inner width; 0 means 4 * hidden_size."""
-    hidden_dropout: float = 0.1
-    """Dropout on each residual branch output and on the embeddings."""
-    attention_dropout: float = 0.1
-    """Dropout on attention probabilities."""
-    layernorm_epsilon: float = 1e-5
-    """LayerNorm epsilon."""
-    init_std: float = 0.02
-    """Std of the normal init; the two output projections per layer use init_std / sqrt(2 * num_layers)."""
-    layernorm_order: LayerNormOrder = "sandwich"
-    """LayerNorm placement: sandwich (CogView, 4 LNs per layer), pre (GPT-2) or post (original Transformer)."""
-    attention_kernel: AttentionKernel = "sdpa"
-    """Attention kernel: sdpa (torch fused), pb-relax (CogView's overflow-safe softmax), plain, or sparse
-    (CogView's three-region sparse attention in training; dense causal attention in eval and generation)."""
-    sparse_num_pivot: int = 768
-    """Sparse attention: pivots every query may see, all text tokens plus sampled image tokens to this total."""
-    sparse_window: int = 768
-    """Sparse attention: the causal local window, in tokens (the query itself included)."""
-    sparse_image_tokens: int = 8192
-    """Sparse attention: ids below this are image codes (sampled as pivots); every other id is always a pivot."""
-    sparse_backend: SparseBackend = "auto"
-    """Sparse attention: flex (torch FlexAttention, compiled, no [s, s] mask; CUDA only for training), sdpa (SDPA
-    with a dense [s, s] bias) or auto (flex on CUDA when attention dropout is 0, else sdpa)."""
-    pb_relax_alpha: float = 32.0
-    """alpha of PB-relax attention: scores are formed at 1/alpha scale."""
-    pb_relax_layernorm: PBRelaxLayerNorm = "none"
-    """Divide LayerNorm inputs by their detached max: none, final (final LN only) or all."""
-    pb_relax_ln_target: float = 8.0
-    """PB-relax LayerNorm rescales each input row to this max |x| (the released CogView used 8)."""
-    checkpoint_activations: bool = False
-    """Recompute each layer's activations in backward to save memory."""
-    compile_layers: bool = False
-    """torch.compile each transformer layer for training (fuses LayerNorm, GELU, dropout and residual adds; the
-    first step pays the compile). Hidden-dropout masks are drawn eagerly from the same stream, so results match
-    eager; evaluation, generation and activation checkpointing run the eager layers."""
-    seed: int = 1234
-    """Seed of weight initialisation and dropout streams."""
+    num_layers: int = option(4, "Number of transformer layers.")
+    hidden_size: int = option(128, "Width of the residual stream.")
+    num_attention_heads: int = option(
+        4,
+        "Attention heads; must divide hidden_size (and be divisible by the tensor-parallel size).",
+    )
+    vocab_size: int = option(
+        58240,
+        "Padded vocabulary size (image codes + text pieces + command tokens, padded); divisible by tp.",
+    )
+    max_position_embeddings: int = option(
+        1089,
+        "Rows of the learned position-embedding table (longest sequence the model accepts).",
+    )
+    ffn_hidden_size: int = option(0, "MLP inner width; 0 means 4 * hidden_size.")
+    hidden_dropout: float = option(0.1, "Dropout on each residual branch output and on the embeddings.")
+    attention_dropout: float = option(0.1, "Dropout on attention probabilities.")
+    layernorm_epsilon: float = option(1e-5, "LayerNorm epsilon.")
+    init_std: float = option(
+        0.02,
+        "Std of the normal init; the two output projections per layer use init_std / sqrt(2 * num_layers).",
+    )
+    layernorm_order: LayerNormOrder = option(
+        "sandwich",
+        "LayerNorm placement: sandwich (CogView, 4 LNs per layer), pre (GPT-2) or post (original Transformer).",
+    )
+    attention_kernel: AttentionKernel = option(
+        "sdpa",
+        "Attention kernel: sdpa (torch fused), pb-relax (CogView's overflow-safe softmax), plain, or sparse "
+        "(CogView's three-region sparse attention in training; dense causal attention in eval and generation).",
+    )
+    sparse_num_pivot: int = option(
+        768,
+        "Sparse attention: pivots every query may see, all text tokens plus sampled image tokens to this total.",
+    )
+    sparse_window: int = option(
+        768,
+        "Sparse attention: the causal local window, in tokens (the query itself included).",
+    )
+    sparse_image_tokens: int = option(
+        8192,
+        "Sparse attention: ids below this are image codes (sampled as pivots); every other id is always a pivot.",
+    )
+    sparse_backend: SparseBackend = option(
+        "auto",
+        "Sparse attention: flex (torch FlexAttention, compiled, no [s, s] mask; CUDA only for training), sdpa "
+        "(SDPA with a dense [s, s] bias) or auto (flex on CUDA when attention dropout is 0, else sdpa).",
+    )
+    pb_relax_alpha: float = option(32.0, "alpha of PB-relax attention: scores are formed at 1/alpha scale.")
+    pb_relax_layernorm: PBRelaxLayerNorm = option(
+        "none",
+        "Divide LayerNorm inputs by their detached max: none, final (final LN only) or all.",
+    )
+    pb_relax_ln_target: float = option(
+        8.0,
+        "PB-relax LayerNorm rescales each input row to this max |x| (the released CogView used 8).",
+    )
+    checkpoint_activations: bool = option(False, "Recompute each layer's activations in backward to save memory.")
+    compile_layers: bool = option(
+        False,
+        "torch.compile each transformer layer for training (fuses LayerNorm, GELU, dropout and residual adds; the"
+        " first step pays the compile). Hidden-dropout masks are drawn eagerly from the same stream, so results "
+        "match eager; evaluation, generation and activation checkpointing run the eager layers.",
+    )
+    seed: int = option(1234, "Seed of weight initialisation and dropout streams.")
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "hidden_size", "num_attention_heads", "vocab_size", "max_position_embeddings"):
@@ -204,12 +222,15 @@ def model_preset(name: str, **overrides: Any) -> ModelConfig:
 class ParallelConfig:
     """How the world is split: tensor-parallel size (data-parallel size is world / tp)."""
 
-    tensor_parallel_size: int = 1
-    """Ranks that share one copy of the model (Megatron model parallelism); contiguous ranks."""
-    backend: str = "auto"
-    """torch.distributed backend: auto (nccl on CUDA, gloo otherwise), nccl or gloo."""
-    distributed_timeout_minutes: float = 10.0
-    """How long a rank waits in a collective for its peers (a hung or lost peer) before it stops with an error."""
+    tensor_parallel_size: int = option(
+        1,
+        "Ranks that share one copy of the model (Megatron model parallelism); contiguous ranks.",
+    )
+    backend: str = option("auto", "torch.distributed backend: auto (nccl on CUDA, gloo otherwise), nccl or gloo.")
+    distributed_timeout_minutes: float = option(
+        10.0,
+        "How long a rank waits in a collective for its peers (a hung or lost peer) before it stops with an error.",
+    )
 
     def __post_init__(self) -> None:
         _require(
@@ -229,69 +250,69 @@ DecayStyle = Literal["cosine", "linear", "constant"]
 class TrainConfig:
     """Optimisation, precision, checkpointing and logging of a pre-training run."""
 
-    train_iters: int = 1000
-    """Optimizer steps to run in total (a resumed run continues up to this number)."""
-    micro_batch_size: int = 8
-    """Sequences per data-parallel rank per micro-batch."""
-    gradient_accumulation_steps: int = 1
-    """Micro-batches accumulated per optimizer step (global batch = micro x accumulation x dp)."""
-    global_batch_size: int = 0
-    """Sequences per optimizer step over all ranks; sets the accumulation steps (0: micro x accumulation x dp)."""
-    lr: float = 3e-4
-    """Peak learning rate (CogView: 3e-4)."""
-    min_lr_ratio: float = 0.1
-    """Learning-rate floor as a fraction of the peak (CogView: 0.1)."""
-    warmup: float = 0.02
-    """Warm-up length: a fraction of train_iters if < 1, else a number of steps (CogView: 2%)."""
-    lr_decay_style: DecayStyle = "cosine"
-    """Decay after warm-up: cosine, linear or constant."""
-    weight_decay: float = 0.04
-    """AdamW weight decay (not applied to LayerNorms and biases)."""
-    adam_beta1: float = 0.9
-    """AdamW beta1."""
-    adam_beta2: float = 0.95
-    """AdamW beta2 (CogView: 0.95)."""
-    adam_eps: float = 1e-8
-    """AdamW epsilon."""
-    clip_grad: float = 1.0
-    """Global gradient-norm clipping threshold (0 disables)."""
-    precision: Precision = "fp32"
-    """fp32, bf16, or fp16 (dynamic loss scaling; GPU only)."""
-    zero_stage: int = 0
-    """DeepSpeed ZeRO stage 0-3 (3 only with tensor-parallel size 1)."""
-    txt_loss_scale: float = 1.0
-    """Weight of text-token losses relative to image-token losses (by the label's type)."""
-    seed: int = 1234
-    """Seed of data order, weight init and dropout."""
-    log_interval: int = 10
-    """Print one log line every this many steps."""
-    eval_interval: int = 0
-    """Run validation every this many steps (0: never)."""
-    eval_iters: int = 10
-    """Validation batches per evaluation."""
-    save: str = ""
-    """Directory for checkpoints and metrics.jsonl ('' disables saving)."""
-    save_interval: int = 0
-    """Save a checkpoint every this many steps (0: only at the end and on SIGTERM/SIGINT)."""
-    keep_last: int = 2
-    """Checkpoints to keep (older ones are deleted after a newer one is complete)."""
-    load: str = ""
-    """Resume from the latest checkpoint in this directory ('' starts fresh)."""
-    finetune_from: str = ""
-    """Start from this checkpoint's weights only (new optimizer, iteration 0); ignored when --load resumes."""
-    exit_interval: int = 0
-    """Save and exit 0 once the iteration is a multiple of this (0: run to train_iters); for job time limits."""
-    max_consecutive_skips: int = 10
-    """Stop (exit 2) after more than this many consecutive skipped steps of any cause (0: never)."""
-    tensorboard_dir: str = ""
-    """Also write scalars to TensorBoard here (needs the [tensorboard] extra)."""
-    wandb_project: str = ""
-    """Also log the metrics.jsonl fields to this Weights & Biases project (needs the [wandb] extra;
-    WANDB_MODE=offline logs without network, `wandb sync` uploads later); a resumed run continues the same W&B run."""
-    wandb_run_name: str = ""
-    """W&B run name ('' lets W&B choose)."""
-    peak_tflops: float = 0.0
-    """Peak TFLOP/s per GPU for the logged MFU (0: from the GPU's name; unknown GPUs log no MFU)."""
+    train_iters: int = option(1000, "Optimizer steps to run in total (a resumed run continues up to this number).")
+    micro_batch_size: int = option(8, "Sequences per data-parallel rank per micro-batch.")
+    gradient_accumulation_steps: int = option(
+        1,
+        "Micro-batches accumulated per optimizer step (global batch = micro x accumulation x dp).",
+    )
+    global_batch_size: int = option(
+        0,
+        "Sequences per optimizer step over all ranks; sets the accumulation steps (0: micro x accumulation x dp).",
+    )
+    lr: float = option(3e-4, "Peak learning rate (CogView: 3e-4).")
+    min_lr_ratio: float = option(0.1, "Learning-rate floor as a fraction of the peak (CogView: 0.1).")
+    warmup: float = option(
+        0.02,
+        "Warm-up length: a fraction of train_iters if < 1, else a number of steps (CogView: 2%).",
+    )
+    lr_decay_style: DecayStyle = option("cosine", "Decay after warm-up: cosine, linear or constant.")
+    weight_decay: float = option(0.04, "AdamW weight decay (not applied to LayerNorms and biases).")
+    adam_beta1: float = option(0.9, "AdamW beta1.")
+    adam_beta2: float = option(0.95, "AdamW beta2 (CogView: 0.95).")
+    adam_eps: float = option(1e-8, "AdamW epsilon.")
+    clip_grad: float = option(1.0, "Global gradient-norm clipping threshold (0 disables).")
+    precision: Precision = option("fp32", "fp32, bf16, or fp16 (dynamic loss scaling; GPU only).")
+    zero_stage: int = option(0, "DeepSpeed ZeRO stage 0-3 (3 only with tensor-parallel size 1).")
+    txt_loss_scale: float = option(
+        1.0,
+        "Weight of text-token losses relative to image-token losses (by the label's type).",
+    )
+    seed: int = option(1234, "Seed of data order, weight init and dropout.")
+    log_interval: int = option(10, "Print one log line every this many steps.")
+    eval_interval: int = option(0, "Run validation every this many steps (0: never).")
+    eval_iters: int = option(10, "Validation batches per evaluation.")
+    save: str = option("", "Directory for checkpoints and metrics.jsonl ('' disables saving).")
+    save_interval: int = option(
+        0,
+        "Save a checkpoint every this many steps (0: only at the end and on SIGTERM/SIGINT).",
+    )
+    keep_last: int = option(2, "Checkpoints to keep (older ones are deleted after a newer one is complete).")
+    load: str = option("", "Resume from the latest checkpoint in this directory ('' starts fresh).")
+    finetune_from: str = option(
+        "",
+        "Start from this checkpoint's weights only (new optimizer, iteration 0); ignored when --load resumes.",
+    )
+    exit_interval: int = option(
+        0,
+        "Save and exit 0 once the iteration is a multiple of this (0: run to train_iters); for job time limits.",
+    )
+    max_consecutive_skips: int = option(
+        10,
+        "Stop (exit 2) after more than this many consecutive skipped steps of any cause (0: never).",
+    )
+    tensorboard_dir: str = option("", "Also write scalars to TensorBoard here (needs the [tensorboard] extra).")
+    wandb_project: str = option(
+        "",
+        "Also log the metrics.jsonl fields to this Weights & Biases project (needs the [wandb] extra; "
+        "WANDB_MODE=offline logs without network, `wandb sync` uploads later); a resumed run continues the same "
+        "W&B run.",
+    )
+    wandb_run_name: str = option("", "W&B run name ('' lets W&B choose).")
+    peak_tflops: float = option(
+        0.0,
+        "Peak TFLOP/s per GPU for the logged MFU (0: from the GPU's name; unknown GPUs log no MFU).",
+    )
 
     def __post_init__(self) -> None:
         for name in ("train_iters", "micro_batch_size", "gradient_accumulation_steps", "log_interval", "keep_last"):
@@ -331,22 +352,26 @@ class TrainConfig:
 class DataConfig:
     """Where training data comes from (folders made by `cogview preprocess`)."""
 
-    train_data: str = ""
-    """Comma-separated dataset folders (each with dataset.json); several are mixed by data_weights."""
-    data_weights: str = ""
-    """Comma-separated mixing weights, one per dataset (default: equal)."""
-    valid_data: str = ""
-    """Comma-separated validation dataset folders (default: the last val_shards shards of train_data)."""
-    val_shards: int = 0
-    """Hold out this many shards of each training dataset for validation (never trained on)."""
-    num_workers: int = 0
-    """DataLoader worker processes per data-parallel rank."""
-    shuffle_buffer: int = 1000
-    """Samples in the shuffle buffer."""
-    text_tokenizer: str = ""
-    """SentencePiece model the data was made with (checked against the shards; recorded for generation)."""
-    image_tokenizer: str = ""
-    """VQ-VAE directory the data was made with (checked against the shards; recorded for generation)."""
+    train_data: str = option(
+        "",
+        "Comma-separated dataset folders (each with dataset.json); several are mixed by data_weights.",
+    )
+    data_weights: str = option("", "Comma-separated mixing weights, one per dataset (default: equal).")
+    valid_data: str = option(
+        "",
+        "Comma-separated validation dataset folders (default: the last val_shards shards of train_data).",
+    )
+    val_shards: int = option(0, "Hold out this many shards of each training dataset for validation (never trained on).")
+    num_workers: int = option(0, "DataLoader worker processes per data-parallel rank.")
+    shuffle_buffer: int = option(1000, "Samples in the shuffle buffer.")
+    text_tokenizer: str = option(
+        "",
+        "SentencePiece model the data was made with (checked against the shards; recorded for generation).",
+    )
+    image_tokenizer: str = option(
+        "",
+        "VQ-VAE directory the data was made with (checked against the shards; recorded for generation).",
+    )
 
     def __post_init__(self) -> None:
         _require(self.val_shards >= 0, f"val_shards={self.val_shards} must be >= 0")
@@ -368,19 +393,8 @@ class DataConfig:
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each dataclass field (used as --help text)."""
-    import ast
-    import inspect
-    import textwrap
-
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
-                docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
+    """The help text of each dataclass field (its metadata; see megatron_cogview.dataclass_flags)."""
+    return {f.name: field_help(f) for f in dataclasses.fields(cls)}
 
 
 __all__ = [

@@ -11,11 +11,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from arguments import Args, parse_args
 from data_utils.errors import DataError
 from data_utils.loader import build_loader
 from data_utils.remote import is_url, read_url
 from data_utils.shards import Manifest
+from megatron_cogview.arguments import Args, parse_args
 from megatron_cogview.checkpoint.layout import CheckpointError, CheckpointMeta, read_meta
 from megatron_cogview.config import ConfigError, ModelConfig, TrainConfig
 from megatron_cogview.errors import exit_on_user_error

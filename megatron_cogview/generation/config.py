@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from megatron_cogview.config import ConfigError
+from megatron_cogview.dataclass_flags import option
 
 
 class GenerationError(ConfigError):
@@ -22,23 +23,35 @@ def require(ok: bool, message: str) -> None:
 class GenerationConfig:
     """How tokens are drawn and batched (shared by text-to-image, captioning and post-selection)."""
 
-    temperature: float = 1.0
-    """Divide logits by this before sampling; 0 means greedy (always the most likely token)."""
-    top_k: int = 0
-    """Keep only the k most likely tokens of each row (0 = off; CogView's scripts used 200)."""
-    top_p: float = 1.0
-    """Nucleus sampling: keep the smallest set of most likely tokens whose probability reaches p (1 = off)."""
-    seed: int = 1234
-    """Base seed; each sample draws from its own generator, so a sample does not depend on its batch."""
-    max_inference_batch_size: int = 16
-    """Most sequences per forward pass; bigger batches are split into chunks of this size."""
-    static_shapes: bool = False
-    """Shape-static decode steps (attend over the whole preallocated cache under a device-side mask): the same
-    tokens, a little more attention work per step; what CUDA graphs and torch.compile need."""
-    cuda_graphs: bool = False
-    """Capture the decode step as a CUDA graph once per batch chunk and replay it (CUDA only; static shapes)."""
-    compile_step: bool = False
-    """torch.compile the decode step (static shapes; the first chunk pays the compile time)."""
+    temperature: float = option(
+        1.0,
+        "Divide logits by this before sampling; 0 means greedy (always the most likely token).",
+    )
+    top_k: int = option(0, "Keep only the k most likely tokens of each row (0 = off; CogView's scripts used 200).")
+    top_p: float = option(
+        1.0,
+        "Nucleus sampling: keep the smallest set of most likely tokens whose probability reaches p (1 = off).",
+    )
+    seed: int = option(
+        1234,
+        "Base seed; each sample draws from its own generator, so a sample does not depend on its batch.",
+    )
+    max_inference_batch_size: int = option(
+        16, "Most sequences per forward pass; bigger batches are split into chunks of this size.", flag="--max-batch"
+    )
+    static_shapes: bool = option(
+        False,
+        "Shape-static decode steps (attend over the whole preallocated cache under a device-side mask): the same "
+        "tokens, a little more attention work per step; what CUDA graphs and torch.compile need.",
+        cli=False,  # the library's choice (cuda_graphs and compile_step imply it); no flag
+    )
+    cuda_graphs: bool = option(
+        False,
+        "Capture the decode step as a CUDA graph once per batch chunk and replay it (CUDA only; static shapes).",
+    )
+    compile_step: bool = option(
+        False, "torch.compile the decode step (static shapes; the first chunk pays the compile time).", flag="--compile"
+    )
 
     def __post_init__(self) -> None:
         require(self.temperature >= 0.0, f"temperature={self.temperature} must be >= 0 (0 means greedy)")
