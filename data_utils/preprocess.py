@@ -119,8 +119,7 @@ class _Run:
             raise DataError(f"--image-size {self.size} must be a multiple of {self.image.downsample} (x2 for superres)")
         grid = self.size // self.image.downsample
         codes = grid * grid + ((grid // 2) ** 2 if config.task == "superres" else 0)
-        task_name = {"text2image": "text_to_image", "image2text": "image_to_text", "superres": "super_resolution"}
-        fixed = 10**9 - templates.max_text_length(codes, 10**9, task_name[config.task])  # commands + codes
+        fixed = templates.template(config.task).length(0, codes)  # commands + codes
         if config.seq_len <= fixed:
             raise DataError(f"--seq-len {config.seq_len} leaves no room for text beside {codes} image codes; "
                             f"use at least {fixed + 1} (e.g. {fixed + 16})")

@@ -11,7 +11,7 @@ import numpy as np
 
 from data_utils.writer import TokenRecord, write_token_dataset
 from tokenization.layout import TokenLayout
-from tokenization.templates import text_to_image
+from tokenization.templates import TEXT_TO_IMAGE, text_to_image
 
 LAYOUT = TokenLayout(num_image_tokens=64, num_text_tokens=100)
 GRID = 16  # image codes per sample (a 4x4 grid) by default
@@ -20,7 +20,7 @@ MAX_TEXT = 6  # text ids per caption at most, by default
 
 def seq_len(grid: int = GRID, max_text: int = MAX_TEXT) -> int:
     """[ROI1] text(<=max_text) [BASE] [BOI1] codes [EOI1] + one shifted label."""
-    return 1 + max_text + 2 + grid + 1 + 1
+    return TEXT_TO_IMAGE.length(max_text, grid) + 1
 
 
 SEQ_LEN = seq_len()

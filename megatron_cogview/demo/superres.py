@@ -48,17 +48,16 @@ def _stage(out: Path, settings: Any, index: int, name: str, fn: Callable[[], Any
 
 
 def sr_seq_len(out: Path, settings: Any) -> int:
-    """Stored length of a demo SR sequence: the longest caption + 4x4 + 8x8 codes + the commands + 1 label."""
+    """Stored length of a demo SR sequence: the longest caption + 4x4 + 8x8 codes + the commands ([EOI2] the label)."""
     from megatron_cogview.demo.pipeline import _text_budget
-    from tokenization.templates import max_text_length
+    from tokenization.templates import SUPER_RESOLUTION
 
     synth = out / "data" / "synth"
     caps = [json.loads(x)["caption"] for f in ("captions.jsonl", "heldout.jsonl")
             for x in (synth / f).read_text().splitlines()]
     grid = settings.image_size // settings.vq_downsample
     codes = grid * grid + (grid // 2) ** 2
-    fixed = 10**6 - max_text_length(codes, 10**6, "super_resolution")
-    return fixed + _text_budget(str(out / "tokenizers" / "text.model"), caps)
+    return SUPER_RESOLUTION.length(_text_budget(str(out / "tokenizers" / "text.model"), caps), codes)
 
 
 def run_superres(out: Path, settings: Any, log: Log, pretrain: Callable[..., None]) -> dict[str, Any]:
@@ -101,7 +100,6 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def evaluate_superres(out: Path, settings: Any, log: Log) -> dict[str, Any]:
     """Magnify generated samples (checker agreement) and rendered scenes (PSNR vs truth and vs bicubic)."""
-    import torch
     from PIL import Image
 
     from data_utils.checker import check_image
@@ -115,7 +113,6 @@ def evaluate_superres(out: Path, settings: Any, log: Log) -> dict[str, Any]:
     from tokenization.text import TextTokenizer
     from tokenization.unified import UnifiedTokenizer
 
-    torch.set_num_threads(2)
     model, meta = load_model(out / "checkpoints" / "superres", ParallelState.single())
     vq = ImageTokenizer.from_pretrained(str(out / "tokenizers" / "vqvae"))
     tok = UnifiedTokenizer(TextTokenizer(str(out / "tokenizers" / "text.model")), vq,

@@ -18,20 +18,15 @@ from megatron_cogview.model.lm_loss import fused_lm_loss
 
 @dataclass(frozen=True)
 class CaptionTemplate:
-    """Command ids around the image in the caption model's sequence."""
+    """The caption model's sequence `head image middle text` as command ids (tasks.captioning.caption_template
+    derives them from the image2text template: head [BASE] [BOI1], middle [EOI1] [ROI1])."""
 
-    base: int
-    boi: int
-    eoi: int
-    roi: int
+    head: tuple[int, ...]  # ids before the image
+    middle: tuple[int, ...]  # ids between the image and the caption
 
-    def head(self) -> list[int]:
-        """Ids before the image: [BASE] [BOI1]."""
-        return [self.base, self.boi]
-
-    def middle(self) -> list[int]:
-        """Ids between image and caption: [EOI1] [ROI1]."""
-        return [self.eoi, self.roi]
+    def first_label(self, num_image_tokens: int) -> int:
+        """Sequence index whose output predicts the first caption token (the last id of `middle`)."""
+        return len(self.head) + num_image_tokens + len(self.middle) - 1
 
 
 @dataclass(frozen=True)
@@ -42,12 +37,12 @@ class Selection:
     scores: torch.Tensor  # fp32 [P, N]
 
 
-def _check(model: CogViewModel, images: torch.Tensor, texts: Sequence[Sequence[int]]) -> None:
+def _check(model: CogViewModel, images: torch.Tensor, texts: Sequence[Sequence[int]], template: CaptionTemplate) -> None:
     c = model.config
     require(images.dim() == 2 and images.size(0) > 0, f"images must be ids [N, n], got shape {tuple(images.shape)}")
     require(len(texts) == images.size(0), f"got {len(texts)} captions for {images.size(0)} images; pass one per image")
     require(all(len(t) > 0 for t in texts), "a caption is empty; CapLoss needs at least one text token")
-    longest = 3 + images.size(1) + max(len(t) for t in texts)  # the last caption token is never an input
+    longest = template.first_label(images.size(1)) + max(len(t) for t in texts)  # the last caption token is never an input
     require(longest <= c.max_position_embeddings,
             f"caption sequences need {longest} positions but the model has {c.max_position_embeddings}; shorten the captions")
     ids = torch.cat([images.reshape(-1), torch.tensor([i for t in texts for i in t], dtype=torch.long)])
@@ -63,7 +58,7 @@ def caption_loss(
 ) -> torch.Tensor:
     """CapLoss fp32 [N] of images (global ids [N, n]) with captions (global text ids), batched."""
     images = images.long().cpu()
-    _check(model, images, texts)
+    _check(model, images, texts, template)
     cap = (config or GenerationConfig()).max_inference_batch_size
     device = model.word_embeddings.weight.device
     out = []
@@ -83,11 +78,11 @@ def _chunk_loss(
     for i, t in enumerate(texts):
         text[i, : len(t)] = torch.as_tensor(list(t), dtype=torch.long)
         weights[i, : len(t)] = 1.0
-    head = torch.tensor(template.head()).expand(c, 2)
-    middle = torch.tensor(template.middle()).expand(c, 2)
-    seq = torch.cat([head, images, middle, text], dim=1).to(device)  # [c, 4 + n + T]
-    first = 4 + n - 1  # the position of [ROI1], which predicts the first caption token
-    hidden = model.hidden_states(seq[:, :-1])  # [c, 3 + n + T, h]
+    head = torch.tensor(template.head, dtype=torch.long).expand(c, len(template.head))
+    middle = torch.tensor(template.middle, dtype=torch.long).expand(c, len(template.middle))
+    seq = torch.cat([head, images, middle, text], dim=1).to(device)  # [c, first + 1 + T]
+    first = template.first_label(n)  # the position of [ROI1], which predicts the first caption token
+    hidden = model.hidden_states(seq[:, :-1])  # [c, first + T, h]
     h = hidden[:, first:].reshape(c * width, -1)  # [c*T, h]
     _, per_token = fused_lm_loss(h, model.word_embeddings.weight, text.to(device).reshape(-1),
                                  weights.to(device).reshape(-1), model.state.tp_group)

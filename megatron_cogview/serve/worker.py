@@ -23,7 +23,7 @@ from megatron_cogview.model import CogViewModel
 from megatron_cogview.tasks.captioning import caption_images, caption_template, rerank_images
 from megatron_cogview.tasks.prompts import PromptLine
 from megatron_cogview.tasks.text_to_image import encode_prompt, sample_seed
-from tokenization.templates import max_text_length
+from tokenization.templates import TEXT_TO_IMAGE
 from tokenization.unified import UnifiedTokenizer
 
 
@@ -132,7 +132,7 @@ class Worker:
 
     def _draw(self, batch: list[Job]) -> None:
         tok, grid = self.tokenizer, self.grid
-        max_len = max_text_length(grid * grid, self.model.config.max_position_embeddings)
+        max_len = TEXT_TO_IMAGE.text_budget(self.model.config.max_position_embeddings, grid * grid)
         prompts, seeds, owners = [], [], []
         for job in batch:
             r = job.request

@@ -15,14 +15,16 @@ from megatron_cogview.generation import (
     post_select,
 )
 from megatron_cogview.model import CogViewModel
-from tokenization.templates import image_to_text_prompt
+from tokenization.templates import IMAGE, IMAGE_TO_TEXT, TEXT, image_to_text_prompt
 from tokenization.unified import UnifiedTokenizer
 
 
 def caption_template(tokenizer: UnifiedTokenizer) -> CaptionTemplate:
-    """[BASE] [BOI1] image [EOI1] [ROI1] text, as ids of the tokenizer's layout."""
+    """The image2text template's commands around the image, as ids of the tokenizer's layout."""
     layout = tokenizer.layout
-    return CaptionTemplate(layout.command("BASE"), layout.command("BOI1"), layout.command("EOI1"), layout.command("ROI1"))
+    head = IMAGE_TO_TEXT.command_ids(layout, before=IMAGE)
+    middle = IMAGE_TO_TEXT.command_ids(layout, before=TEXT, after=IMAGE)
+    return CaptionTemplate(head, middle)
 
 
 def caption_images(
@@ -63,7 +65,8 @@ def rerank_images(
     """Post-selection: the `keep` candidates (raw codes [P, N, n]) of each caption with the lowest CapLoss."""
     layout = tokenizer.layout
     n = candidates.size(-1)
-    room = caption_model.config.max_position_embeddings - 3 - n  # the last caption token is only a label
+    # positions first_label .. first_label + T - 1 are inputs; the last caption token is only a label
+    room = caption_model.config.max_position_embeddings - IMAGE_TO_TEXT.first_label(image_codes=n)
     texts = []
     for caption in captions:
         ids = tokenizer.encode_text(caption)[: max(room, 0)]

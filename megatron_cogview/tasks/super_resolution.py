@@ -15,7 +15,7 @@ from PIL import Image
 from megatron_cogview.generation import GenerationConfig, GenerationError
 from megatron_cogview.generation.super_resolution import PromptBuilder, fill_cells, magnify
 from megatron_cogview.model import CogViewModel
-from tokenization.templates import max_text_length, super_resolution_prompt
+from tokenization.templates import sr_template, super_resolution_prompt
 from tokenization.unified import UnifiedTokenizer
 
 Log = Callable[[str], None]
@@ -63,7 +63,7 @@ def prompt_builder(sr: SRModel, texts: Sequence[str], log: Log) -> PromptBuilder
     """Row i -> the SR prompt of texts[i] and a low-res window (text cut to what the position table fits)."""
     layout = sr.tokenizer.layout
     low = (sr.grid // 2) ** 2
-    room = max_text_length(low, sr.model.config.max_position_embeddings, "text_to_image")  # [ROI1] t [BASE][BOI1] low [EOI1]
+    room = sr_template(sr.family).text_budget(sr.model.config.max_position_embeddings, low, positions=True)
     ids = []
     for i, text in enumerate(texts):
         pieces = sr.tokenizer.text.encode(text) if text.strip() else []

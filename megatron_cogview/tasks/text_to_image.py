@@ -19,7 +19,7 @@ from megatron_cogview.generation import GenerationConfig, GenerationError, gener
 from megatron_cogview.model import CogViewModel
 from megatron_cogview.tasks.captioning import rerank_images
 from megatron_cogview.tasks.prompts import PromptLine, read_prompts
-from tokenization.templates import max_text_length, text_to_image_prompt
+from tokenization.templates import TEXT_TO_IMAGE, text_to_image_prompt
 from tokenization.unified import UnifiedTokenizer
 
 Log = Callable[[str], None]
@@ -111,7 +111,7 @@ def _generate_group(
 ) -> list[dict]:
     layout, grid = tokenizer.layout, tokenizer.image.grid_size  # type: ignore[union-attr]
     num_codes = grid * grid
-    max_len = max_text_length(num_codes, model.config.max_position_embeddings)
+    max_len = TEXT_TO_IMAGE.text_budget(model.config.max_position_embeddings, num_codes)
     records: list[dict] = []
     ok: list[tuple[PromptLine, list[int], int]] = []
     for line in group:

@@ -48,7 +48,7 @@ def _tp_equals_serial(rank: int, world: int) -> None:
     assert torch.equal(decode(par, PROMPTS, 12, greedy).tokens, decode(ref, PROMPTS, 12, greedy).tokens)
     texts = generate_text(par, PROMPTS, 16, (256, 262), config, stop_ids=[1000])
     assert texts == generate_text(ref, PROMPTS, 16, (256, 262), config, stop_ids=[1000])
-    template = CaptionTemplate(1000, 1001, 1002, 1003)
+    template = CaptionTemplate((1000, 1001), (1002, 1003))
     images = torch.randint(0, 256, (3, 16), generator=torch.Generator().manual_seed(1))
     caps = [[300, 301], [302], [303, 304, 305]]
     torch.testing.assert_close(caption_loss(par, images, caps, template), caption_loss(ref, images, caps, template),

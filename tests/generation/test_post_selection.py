@@ -15,7 +15,7 @@ from megatron_cogview.generation import (
 from megatron_cogview.model import CogViewModel
 from tests.generation.conftest import IMAGE, TEXT
 
-TEMPLATE = CaptionTemplate(base=1000, boi=1001, eoi=1002, roi=1003)
+TEMPLATE = CaptionTemplate(head=(1000, 1001), middle=(1002, 1003))
 
 
 def ref_caption_loss(model: CogViewModel, image: list[int], text: list[int]) -> float:
