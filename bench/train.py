@@ -47,7 +47,6 @@ def _batches(n: int, batch: int, seed: int = 0) -> list[dict]:
         seq = torch.randint(0, VOCAB - 64, (batch, SEQ + 1), generator=g)
         out.append({"tokens": seq[:, :-1].contiguous(), "labels": seq[:, 1:].contiguous(),
                     "position_ids": torch.arange(SEQ).expand(batch, SEQ).contiguous(),
-                    "loss_weights": torch.ones(batch, SEQ), "text_label_mask": torch.zeros(batch, SEQ, dtype=torch.bool),
                     "keys": [f"k{i}" for i in range(batch)]})
     return out
 
@@ -74,6 +73,7 @@ def _engine(zero: int, tp: int, batch: int):  # type: ignore[no-untyped-def]
     from megatron_cogview.parallel import ParallelState
     from megatron_cogview.training.engine import build_ds_config, create_engine
     from megatron_cogview.training.loop import Trainer
+    from megatron_cogview.training.objective import Objective
 
     state = ParallelState.build(tp)
     cfg = model_preset("demo", vocab_size=VOCAB, max_position_embeddings=SEQ)
@@ -82,7 +82,9 @@ def _engine(zero: int, tp: int, batch: int):  # type: ignore[no-untyped-def]
     engine, _ = create_engine(model, state, train, build_ds_config(train))
     source = _ListSource(_batches(4, batch, seed=state.dp_rank)) if state.tp_rank == 0 else None
     meta = CheckpointMeta(model=cfg.to_dict(), tensor_parallel_size=tp)
-    return Trainer(engine=engine, model=model, state=state, train=train, meta=meta, source=source), cfg
+    objective = Objective(text_start=VOCAB, text_end=VOCAB, pad_id=VOCAB)  # no text, no padding: every weight 1
+    return Trainer(engine=engine, model=model, state=state, train=train, meta=meta, source=source,
+                   objective=objective), cfg
 
 
 def _overhead(rank: int, world: int, store: str, steps: int, queue) -> None:  # type: ignore[no-untyped-def]
@@ -98,8 +100,9 @@ def _overhead(rank: int, world: int, store: str, steps: int, queue) -> None:  # 
     batches = _batches(4, BATCH)
 
     def bare_step(b: dict) -> None:
-        out = bare.lm_loss(b["tokens"], b["labels"], b["loss_weights"], b["position_ids"])
-        (out.total / b["loss_weights"].sum()).backward()
+        weights = torch.ones(b["labels"].shape)
+        out = bare.lm_loss(b["tokens"], b["labels"], weights, b["position_ids"])
+        (out.total / weights.sum()).backward()
         torch.nn.utils.clip_grad_norm_(bare.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -5,7 +5,7 @@ import copy
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -16,11 +16,15 @@ from tokenization.layout import TokenLayout
 from .batch import collate
 from .errors import DataError
 from .remote import shard_file_name
-from .shards import Manifest
+from .shards import Manifest, TokenSample
 from .stream import Source, StreamSpec, WorkerState, WorkerStream, check_spec
 
 STATE_VERSION = 1
 SPLITS = ("all", "train", "val")
+
+# A per-sample rewrite applied before collate (e.g. finetune/caption_model.py reorders every sequence): a pure
+# function of the sample, so the resume position is that of the stream; picklable for worker processes.
+SampleTransform = Callable[[TokenSample, TokenLayout], TokenSample]
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,6 @@ class LoaderConfig:
     resampled: bool = False  # draw shards with replacement forever instead of epochs
     num_epochs: int | None = None  # epoch mode: stop after this many epochs; None repeats forever
     drop_last: bool = False  # drop a worker's final partial batch when a finite stream ends
-    txt_loss_scale: float = 1.0  # loss weight of text labels relative to image labels
     max_faults: int = 100  # skipped shards/samples tolerated per rank before raising DataError
     split: str = "all"  # "train": all but the last val_shards shards; "val": the last val_shards
     val_shards: int = 0
@@ -67,9 +70,11 @@ def split_shards(num_shards: int, split: str, val_shards: int) -> list[int]:
 class _TokenStreamDataset(IterableDataset):
     """Per-worker batches of one rank's stream; each batch carries its worker's resumable state."""
 
-    def __init__(self, spec: StreamSpec, layout: dict, config: LoaderConfig, states: list[dict | None], rotation: int):
+    def __init__(self, spec: StreamSpec, layout: dict, config: LoaderConfig, states: list[dict | None], rotation: int,
+                 transform: SampleTransform | None = None):
         super().__init__()
         self.spec, self.layout, self.config, self.states, self.rotation = spec, layout, config, states, rotation
+        self.transform = transform
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -80,7 +85,7 @@ class _TokenStreamDataset(IterableDataset):
         layout = TokenLayout.from_dict(self.layout)
         batch: list = []
         for sample in stream:
-            batch.append(sample)
+            batch.append(sample if self.transform is None else self.transform(sample, layout))
             if len(batch) == self.config.batch_size:
                 yield self._emit(batch, layout, logical, stream)
                 batch = []
@@ -89,7 +94,7 @@ class _TokenStreamDataset(IterableDataset):
 
     def _emit(self, samples: list, layout: TokenLayout, logical: int, stream: WorkerStream) -> dict[str, Any]:
         """Collate and tag a batch with the worker state reached after it."""
-        out = collate(samples, layout, self.config.txt_loss_scale)
+        out = collate(samples)
         if get_worker_info() is not None:  # numpy arrays cross the pipe in one message; tensors would each
             out = {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}  # need a shared fd
         out["_worker"], out["_state"] = logical, stream.state.to_dict()
@@ -116,6 +121,7 @@ class StreamingLoader:
         image_tokenizer: str | None = None,
         layout_fingerprint: str | None = None,
         seq_len: int | None = None,
+        transform: SampleTransform | None = None,
     ) -> None:
         paths = [datasets] if isinstance(datasets, str) else list(datasets)
         if not paths:
@@ -132,7 +138,7 @@ class StreamingLoader:
             Source.from_manifest(m, split_shards(len(m.shards), config.split, config.val_shards), float(w))
             for m, w in zip(manifests, weights)
         )
-        self.config, self.manifests = config, manifests
+        self.config, self.manifests, self.transform = config, manifests, transform
         self.spec = StreamSpec(
             sources, config.seed, dp_rank, dp_size, max(1, config.num_workers), config.shuffle_shards,
             config.shuffle_buffer, config.resampled, config.num_epochs, config.max_faults,
@@ -169,7 +175,8 @@ class StreamingLoader:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """Batches from where the last delivered batch left off; breaking out early loses nothing."""
-        dataset = _TokenStreamDataset(self.spec, self.layout.to_dict(), self.config, list(self._states), self._next)
+        dataset = _TokenStreamDataset(self.spec, self.layout.to_dict(), self.config, list(self._states), self._next,
+                                      self.transform)
         workers = self.config.num_workers
         loader = DataLoader(
             dataset, batch_size=None, collate_fn=_as_is, num_workers=workers, timeout=self.config.timeout,
@@ -235,7 +242,7 @@ class StreamingLoader:
 def build_loader(
     datasets: str | Sequence[str], dp_rank: int, dp_size: int, **kwargs: Any
 ) -> StreamingLoader:
-    """A StreamingLoader from LoaderConfig fields and manifest checks given as keyword arguments."""
-    check_keys = ("weights", "text_tokenizer", "image_tokenizer", "layout_fingerprint", "seq_len")
+    """A StreamingLoader from LoaderConfig fields, manifest checks and a sample transform as keyword arguments."""
+    check_keys = ("weights", "text_tokenizer", "image_tokenizer", "layout_fingerprint", "seq_len", "transform")
     checks = {k: kwargs.pop(k) for k in check_keys if k in kwargs}
     return StreamingLoader(datasets, LoaderConfig(**kwargs), dp_rank=dp_rank, dp_size=dp_size, **checks)

@@ -16,15 +16,19 @@ gets position id 0 and weight 0. Typically:
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import sys
-from typing import Any, Iterator, Sequence
+from typing import Sequence
 
-import torch
+import numpy as np
 
 from data_utils.errors import DataError
-from data_utils.shards import Manifest, decode_sample
+from data_utils.shards import Manifest, TokenSample, decode_sample
 from data_utils.wds import iter_tar
+from megatron_cogview.commands.pretrain import Task
 from megatron_cogview.commands.pretrain import main as pretrain_main
+from megatron_cogview.training.objective import Objective
 from tokenization.layout import TokenLayout
 
 # Defaults of this task (flags given on the command line win).
@@ -33,64 +37,44 @@ LOW_FLAG = "--low-res-loss-scale"
 DEFAULT_LOW_SCALE = 0.0
 
 
-def sr_batch(batch: dict[str, Any], layout: TokenLayout, txt_loss_scale: float, low_loss_scale: float) -> dict[str, Any]:
-    """A collated superres batch with the task's loss weights and padding at position 0 (new dict)."""
-    tokens, labels = batch["tokens"], batch["labels"]  # [b, s-1] each
-    boi2 = tokens == layout.command("BOI2")
-    if not bool(boi2.any(dim=1).all()):
+def sr_sample(sample: TokenSample, layout: TokenLayout) -> TokenSample:
+    """The loader's per-sample transform: checks the sample is super-resolution data and gives padding position 0."""
+    if not bool((sample.tokens[:-1] == layout.command("BOI2")).any()):
         raise DataError("a training sequence has no [BOI2]: the data is not super-resolution data; make it with "
                         "`cogview preprocess --task superres`")
-    start = boi2.int().argmax(dim=1, keepdim=True)  # [b, 1]: labels from here on are high-res codes / [EOI2]
-    high = torch.arange(labels.size(1)).unsqueeze(0) >= start  # [b, s-1]
-    weights = torch.where(high, 1.0, torch.where(batch["text_label_mask"], txt_loss_scale, low_loss_scale))
-    weights = weights.float().masked_fill(labels == layout.pad_id, 0.0)
-    positions = batch["position_ids"].masked_fill(tokens == layout.pad_id, 0)
-    return {**batch, "loss_weights": weights, "position_ids": positions}
+    positions = np.where(sample.tokens == layout.pad_id, 0, sample.position_ids)
+    return dataclasses.replace(sample, position_ids=positions)
 
 
-class SuperResolutionSource:
-    """Wraps a batch source of superres batches; yields them with the task's weights and positions."""
-
-    def __init__(self, source: Any, layout: TokenLayout, txt_loss_scale: float, low_loss_scale: float) -> None:
-        self.source, self.layout = source, layout
-        self.txt_loss_scale, self.low_loss_scale = txt_loss_scale, low_loss_scale
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        for batch in self.source:
-            yield sr_batch(batch, self.layout, self.txt_loss_scale, self.low_loss_scale)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.source.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.source.load_state_dict(state)
+def sr_objective(layout: TokenLayout, txt_loss_scale: float, low_loss_scale: float) -> Objective:
+    """Loss weights by segment: labels from [BOI2] on (high-res codes, [EOI2]) 1; before it text txt_loss_scale,
+    low-res codes and commands low_loss_scale; padding 0."""
+    return Objective.from_layout(layout, txt_loss_scale, context_scale=low_loss_scale,
+                                 target_token=layout.command("BOI2"))
 
 
-class SuperResolutionTask:
-    """The source transform handed to pretrain (and how many positions its data needs)."""
-
-    def __init__(self, txt_loss_scale: float, low_loss_scale: float) -> None:
-        self.txt_loss_scale, self.low_loss_scale = txt_loss_scale, low_loss_scale
-
-    def __call__(self, source: Any, layout: TokenLayout) -> SuperResolutionSource:
-        return SuperResolutionSource(source, layout, self.txt_loss_scale, self.low_loss_scale)
-
-    def positions_needed(self, manifest: Manifest) -> int:
-        """Position-table rows the data needs: the longer of its two segments (positions restart at [ROI2])."""
-        if manifest.task != "superres":
-            raise DataError(f"{manifest.root!r} holds {manifest.task} shards; super-resolution needs shards made "
-                            "with `cogview preprocess --task superres`")
-        layout = TokenLayout.from_dict(manifest.layout)
-        for sample in iter_tar(manifest.shard_paths()[0]):
-            tokens = decode_sample(sample, manifest.seq_len).tokens
-            roi2 = (tokens == layout.command("ROI2")).nonzero()[0]
-            eoi2 = (tokens == layout.command("EOI2")).nonzero()[0]
-            if roi2.size and eoi2.size:
-                second = int(eoi2[0]) - int(roi2[0]) + 1  # [ROI2] [BASE] [BOI2] high [EOI2]
-                return max(manifest.seq_len - second, second)
-            break
-        raise DataError(f"the first sample of {manifest.root!r} has no [ROI2] ... [EOI2] segment; remake the data "
+def positions_needed(manifest: Manifest) -> int:
+    """Position-table rows the data needs: the longer of its two segments (positions restart at [ROI2])."""
+    if manifest.task != "superres":
+        raise DataError(f"{manifest.root!r} holds {manifest.task} shards; super-resolution needs shards made "
                         "with `cogview preprocess --task superres`")
+    layout = TokenLayout.from_dict(manifest.layout)
+    for sample in iter_tar(manifest.shard_paths()[0]):
+        tokens = decode_sample(sample, manifest.seq_len).tokens
+        roi2 = (tokens == layout.command("ROI2")).nonzero()[0]
+        eoi2 = (tokens == layout.command("EOI2")).nonzero()[0]
+        if roi2.size and eoi2.size:
+            second = int(eoi2[0]) - int(roi2[0]) + 1  # [ROI2] [BASE] [BOI2] high [EOI2]
+            return max(manifest.seq_len - second, second)
+        break
+    raise DataError(f"the first sample of {manifest.root!r} has no [ROI2] ... [EOI2] segment; remake the data "
+                    "with `cogview preprocess --task superres`")
+
+
+def sr_task(low_loss_scale: float) -> Task:
+    """What this task changes in pre-training: sample check and positions, loss weights, position-table size."""
+    return Task(sample_transform=sr_sample, objective=functools.partial(sr_objective, low_loss_scale=low_loss_scale),
+                positions_needed=positions_needed)
 
 
 def _pop_flag(argv: list[str], flag: str, default: float) -> float:
@@ -118,12 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     flags = [a for a in PRESET_FLAGS[::2] if a not in argv]
     defaults = [x for flag in flags for x in (flag, PRESET_FLAGS[PRESET_FLAGS.index(flag) + 1])]
-    args = defaults + argv
-    try:
-        txt = float(args[args.index("--txt-loss-scale") + 1])
-    except (IndexError, ValueError):
-        txt = 0.0  # the argument parser reports the bad value
-    return pretrain_main(args, SuperResolutionTask(txt, low))
+    return pretrain_main(defaults + argv, sr_task(low))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from data_utils.errors import DataError
-from data_utils.loader import build_loader
+from data_utils.loader import SampleTransform, build_loader
 from data_utils.remote import is_url, read_url
 from data_utils.shards import Manifest
 from megatron_cogview.arguments import Args, parse_args
@@ -33,6 +33,7 @@ from megatron_cogview.training.engine import (
 from megatron_cogview.training.faults import first_line, from_collective
 from megatron_cogview.training.logger import TrainLogger
 from megatron_cogview.training.loop import Trainer
+from megatron_cogview.training.objective import Objective
 from megatron_cogview.training.save_lock import prepare_save_folder
 from tokenization.layout import TokenLayout
 
@@ -129,13 +130,14 @@ def _check_resume_tokens(load: str, rec: dict[str, Any], data_fp: str) -> None:
                             f"({key.replace('_', ' ')} differs); use data made with the checkpoint's tokenizers")
 
 
-def _loaders(args: Args, state: ParallelState, train: TrainConfig, manifest: Manifest):  # type: ignore[no-untyped-def]
+def _loaders(args: Args, state: ParallelState, train: TrainConfig, manifest: Manifest,  # type: ignore[no-untyped-def]
+             transform: SampleTransform | None = None):
     """Train and validation sources on tp rank 0 (peers get broadcasts)."""
     d = args.data
     if state.tp_rank != 0:
         return None, None, bool(d.valid_data or d.val_shards)
     common = dict(batch_size=train.micro_batch_size, seed=train.seed, num_workers=d.num_workers,
-                  shuffle_buffer=d.shuffle_buffer, txt_loss_scale=train.txt_loss_scale,
+                  shuffle_buffer=d.shuffle_buffer, transform=transform,
                   layout_fingerprint=manifest.layout_fingerprint, text_tokenizer=manifest.text_tokenizer,
                   image_tokenizer=manifest.image_tokenizer, seq_len=manifest.seq_len)
     if d.num_workers and torch.cuda.is_available():
@@ -152,7 +154,18 @@ def _loaders(args: Args, state: ParallelState, train: TrainConfig, manifest: Man
     return source, valid, valid is not None
 
 
-SourceTransform = Callable[[Any, TokenLayout], Any]
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What a fine-tuning task (finetune/*.py) changes in pre-training; the defaults are pre-training itself."""
+
+    sample_transform: SampleTransform | None = None  # each sample in the loader, before collate (picklable)
+    objective: Callable[[TokenLayout, float], Objective] | None = None  # (layout, txt_loss_scale) -> loss weights
+    positions_needed: Callable[[Manifest], int] | None = None  # position-table rows the data needs
+
+    def make_objective(self, layout: TokenLayout, txt_loss_scale: float) -> Objective:
+        if self.objective is not None:
+            return self.objective(layout, txt_loss_scale)
+        return Objective.from_layout(layout, txt_loss_scale)
 
 
 def _finetune_weights(model: CogViewModel, train: TrainConfig, state: ParallelState, logger: TrainLogger,
@@ -195,8 +208,9 @@ def _grown_positions(module: dict[str, torch.Tensor], rows: int, meta: Checkpoin
     return pos.grow_module(module, rows, old_grid, new_grid, old_end, new_end)
 
 
-def run(argv: Sequence[str] | None = None, source_transform: SourceTransform | None = None) -> int:
-    """Parse, build and train; returns the exit status. `source_transform(loader, layout)` may rewrite batches."""
+def run(argv: Sequence[str] | None = None, task: Task | None = None) -> int:
+    """Parse, build and train; returns the exit status. `task` changes samples, loss weights and positions."""
+    task = task or Task()
     args = parse_args(argv)
     init_distributed(args.parallel.backend, timeout_s=int(args.parallel.distributed_timeout_minutes * 60))
     state = ParallelState.build(args.parallel.tensor_parallel_size)
@@ -204,8 +218,8 @@ def run(argv: Sequence[str] | None = None, source_transform: SourceTransform | N
     layout = dataclasses.replace(TokenLayout.from_dict(manifest.layout), tp_size=state.tp_size)
     model_cfg = args.model_config(vocab_size=layout.vocab_size)
     needed = manifest.seq_len - 1
-    if hasattr(source_transform, "positions_needed"):  # e.g. super-resolution restarts positions at [ROI2]
-        needed = source_transform.positions_needed(manifest)  # type: ignore[union-attr]
+    if task.positions_needed is not None:  # e.g. super-resolution restarts positions at [ROI2]
+        needed = task.positions_needed(manifest)
     if model_cfg.max_position_embeddings < needed:
         raise ConfigError(f"the data needs {needed} positions but max_position_embeddings is "
                           f"{model_cfg.max_position_embeddings}; raise --max-position-embeddings")
@@ -225,7 +239,7 @@ def run(argv: Sequence[str] | None = None, source_transform: SourceTransform | N
     lock = prepare_save_folder(train.save, train.load, state, warnings.append) if train.save else None
     try:
         return _train(args, state, manifest, layout, model_cfg, train, merged, user_ds, rec, data_fp, warnings,
-                      source_transform)
+                      task)
     finally:
         if lock is not None:
             lock.release()
@@ -233,7 +247,7 @@ def run(argv: Sequence[str] | None = None, source_transform: SourceTransform | N
 
 def _train(args: Args, state: ParallelState, manifest: Manifest, layout: TokenLayout, model_cfg: ModelConfig,
            train: TrainConfig, merged: MergeResult, user_ds: dict[str, Any], rec: dict[str, Any], data_fp: str,
-           warnings: list[str], source_transform: SourceTransform | None) -> int:
+           warnings: list[str], task: Task) -> int:
     """Build the loaders, model and engine, resume, and train (with --save locked)."""
     per_step = train.micro_batch_size * train.gradient_accumulation_steps * state.dp_size
     logger = TrainLogger(state.rank == 0, train.train_iters, 0, log_dir=train.save, tensorboard_dir=train.tensorboard_dir,
@@ -246,17 +260,15 @@ def _train(args: Args, state: ParallelState, manifest: Manifest, layout: TokenLa
     logger.info(f"world {state.world_size} = tp {state.tp_size} x dp {state.dp_size}; model "
                 f"{model_cfg.num_layers} layers x {model_cfg.hidden_size}, vocab "
                 f"{model_cfg.vocab_size}; global batch {per_step}; precision {train.precision}; ZeRO {train.zero_stage}")
-    source, valid, has_valid = _loaders(args, state, train, manifest)
-    if source_transform is not None:
-        source = source_transform(source, layout) if source is not None else None
-        valid = source_transform(valid, layout) if valid is not None else None
+    source, valid, has_valid = _loaders(args, state, train, manifest, task.sample_transform)
     model = CogViewModel(model_cfg, state, device=default_device())
     _finetune_weights(model, train, state, logger, rec.get("image_grid"), manifest.seq_len - 1)
     engine, _ = create_engine(model, state, train, build_ds_config(train, user_ds))
     meta = CheckpointMeta(model=model_cfg.to_dict(), tensor_parallel_size=state.tp_size, tokenizers=rec,
                           extra={"data_fingerprint": data_fp})
+    objective = task.make_objective(layout, train.txt_loss_scale)
     trainer = Trainer(engine=engine, model=model, state=state, train=train, meta=meta, source=source,
-                      valid_source=valid, has_validation=has_valid, logger=logger)
+                      objective=objective, valid_source=valid, has_validation=has_valid, logger=logger)
     trainer.resume()
     progress = trainer.run()
     logger.info(f"done: iteration {progress.iteration}, skipped steps {progress.skipped_steps}")
@@ -269,10 +281,10 @@ def _prefix() -> str:
     return "pretrain_gpt2.py" + (f" [rank {rank}]" if os.environ.get("WORLD_SIZE", "1") != "1" else "")
 
 
-def main(argv: Sequence[str] | None = None, source_transform: SourceTransform | None = None) -> int:
+def main(argv: Sequence[str] | None = None, task: Task | None = None) -> int:
     """Run, turning user errors into one line and exit status 2."""
     try:
-        return exit_on_user_error(_prefix, lambda: run(argv, source_transform))
+        return exit_on_user_error(_prefix, lambda: run(argv, task))
     except RuntimeError as e:
         if not from_collective(e):
             raise

@@ -19,12 +19,13 @@ from megatron_cogview.training.checkpointing import Resumed, has_checkpoint, loa
 from megatron_cogview.training.engine import loss_scale, min_loss_scale
 from megatron_cogview.training.flops import flops_per_token, peak_tflops
 from megatron_cogview.training.logger import TrainLogger
+from megatron_cogview.training.objective import Objective
 from megatron_cogview.training.skips import SkipCounter, SkipGate, SkipKind, is_min_loss_scale_error
 
 
 class BatchSource(Protocol):
-    """An iterable of batch dicts (tokens, labels, position_ids, loss_weights, text_label_mask, keys)
-    that can save and restore its exact position."""
+    """An iterable of batch dicts (tokens, labels, position_ids, keys) that can save and restore its exact
+    position; loss weights come from the Trainer's Objective."""
 
     def __iter__(self) -> Iterator[dict[str, Any]]: ...
     def state_dict(self) -> dict[str, Any]: ...
@@ -83,7 +84,7 @@ class Window:
     flops: int = 0  # model FLOPs of the applied steps, all ranks together
     start: float = field(default_factory=time.perf_counter)
 
-    # sums: [weighted loss, weight, text CE, text count, image CE, image count]
+    # sums: [weighted loss, weight, text CE, text count, image CE, image count] (Objective.log_sums)
     def add(self, values: torch.Tensor) -> None:
         """Accumulate on the values' device: no host sync until the next log line."""
         self.sums = self.sums.to(values.device) + values.double()
@@ -99,11 +100,12 @@ class Trainer:
     train: TrainConfig
     meta: CheckpointMeta
     source: BatchSource | None  # on tp rank 0 only (peers receive broadcasts)
+    objective: Objective  # loss weights, normalisation and the logged text/image split
     valid_source: BatchSource | None = None
     has_validation: bool = False
     logger: TrainLogger | None = None
     progress: Progress = field(default_factory=Progress)
-    on_step: Callable[[int, dict[str, Any]], None] | None = None  # test hook: (iteration, batch)
+    on_step: Callable[[int, dict[str, Any]], None] | None = None  # test hook: (iteration, batch + loss_weights)
 
     def __post_init__(self) -> None:
         self.device = default_device()
@@ -156,12 +158,12 @@ class Trainer:
         skip, stop_now, tokens, flops = False, False, 0, 0
         for micro in range(gas):
             batch = self._next_batch()
+            batch["loss_weights"] = self.objective.weights(batch["tokens"], batch["labels"])
             if self.on_step is not None:
                 self.on_step(self.progress.iteration, batch)
             out = self.engine(batch["tokens"], position_ids=batch["position_ids"], labels=batch["labels"],
                               loss_weights=batch["loss_weights"])
-            weight = batch["loss_weights"].float().sum()
-            loss = out.total / weight.clamp_min(1e-8)
+            loss = self.objective.normalise(out.total, batch["loss_weights"])
             finite.append(torch.isfinite(loss.detach()))
             keys.append(batch.get("keys", []))
             if micro == gas - 1:
@@ -169,11 +171,7 @@ class Trainer:
                 if skip and gas == 1:
                     break  # nothing accumulated yet: no backward and no step at all
             self.engine.backward(loss)
-            text = batch["text_label_mask"] & (batch["loss_weights"] > 0)
-            image = ~batch["text_label_mask"] & (batch["loss_weights"] > 0)
-            ce = out.per_token.detach()
-            stats.append(torch.stack([out.total.detach().float(), weight, (ce * text).sum(), text.sum().float(),
-                                      (ce * image).sum(), image.sum().float()]))
+            stats.append(self.objective.log_sums(out.total, out.per_token, batch["labels"], batch["loss_weights"]))
             tokens += batch["tokens"].numel() * self.state.dp_size
             flops += flops_per_token(self.model.config, batch["tokens"].size(1)) * batch["tokens"].numel() * self.state.dp_size
             if micro == gas - 1 and logs and not skip and self.train.zero_stage == 0 and self.train.precision == "fp32":
@@ -291,9 +289,10 @@ class Trainer:
         with torch.no_grad():
             for _ in range(self.train.eval_iters):
                 batch = self._next_batch(valid=True)
+                weights = self.objective.weights(batch["tokens"], batch["labels"])
                 out = self.engine(batch["tokens"], position_ids=batch["position_ids"], labels=batch["labels"],
-                                  loss_weights=batch["loss_weights"])
-                sums += torch.stack([out.total.double(), batch["loss_weights"].double().sum()])
+                                  loss_weights=weights)
+                sums += torch.stack([out.total.double(), weights.double().sum()])
         if self.state.dp_size > 1:
             dist.all_reduce(sums, group=self.state.dp_group)
         self.engine.train()

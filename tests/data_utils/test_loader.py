@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
+import itertools
 import os
 
 import numpy as np
@@ -10,7 +12,9 @@ import torch
 
 from data_utils.errors import DataError
 from data_utils.loader import LoaderConfig, StreamingLoader, build_loader
+from data_utils.shards import TokenSample
 from tests.data_utils.conftest import LAYOUT, SEQ_LEN, make_record
+from tokenization.layout import TokenLayout
 
 
 def _keys(loader, limit: int | None = None) -> list[str]:
@@ -30,23 +34,45 @@ def _ids(keys: list[str]) -> list[str]:
 
 def test_batch_contract_matches_records(token_dataset):
     path = token_dataset(n=20, per_shard=5)
-    loader = build_loader(path, 0, 1, batch_size=4, shuffle_shards=False, shuffle_buffer=0, num_epochs=1,
-                          txt_loss_scale=5.0)
+    loader = build_loader(path, 0, 1, batch_size=4, shuffle_shards=False, shuffle_buffer=0, num_epochs=1)
     batch = next(iter(loader))
-    assert set(batch) == {"tokens", "labels", "position_ids", "loss_weights", "text_label_mask", "keys"}
+    assert set(batch) == {"tokens", "labels", "position_ids", "keys"}  # loss weights are the objective's
     for name in ("tokens", "labels", "position_ids"):
         assert batch[name].dtype == torch.int64 and batch[name].shape == (4, SEQ_LEN - 1)
-    assert batch["loss_weights"].dtype == torch.float32 and batch["text_label_mask"].dtype == torch.bool
     for row, key in enumerate(batch["keys"]):
         rec = make_record(int(key.split("/s")[-1]))
         assert torch.equal(batch["tokens"][row], torch.from_numpy(rec.tokens[:-1]))
         assert torch.equal(batch["labels"][row], torch.from_numpy(rec.tokens[1:]))
         assert torch.equal(batch["position_ids"][row], torch.from_numpy(rec.position_ids[:-1]))
-        # reference weights written out by hand from the record layout: label 0,1 = text; 2,3 = BASE,BOI1;
-        # 4..7 = codes; 8 = EOI1; 9,10 = PAD
-        expected = [5.0, 5.0, 1.0, 1.0, 1, 1, 1, 1, 1.0, 0.0, 0.0]
-        assert batch["loss_weights"][row].tolist() == expected
-        assert batch["text_label_mask"][row].tolist() == [True, True] + [False] * 9
+
+
+def reverse_sample(sample: TokenSample, layout: TokenLayout) -> TokenSample:
+    """A test transform (module level: picklable for worker processes): tokens reversed, positions + 1."""
+    assert layout == LAYOUT
+    return dataclasses.replace(sample, tokens=sample.tokens[::-1].copy(), position_ids=sample.position_ids + 1)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sample_transform_runs_before_collate_and_resumes_exactly(token_dataset, workers):
+    path = token_dataset(n=53, per_shard=10)
+    kwargs = dict(batch_size=4, num_workers=workers, num_epochs=2, shuffle_buffer=16, transform=reverse_sample)
+    batches = list(build_loader(path, 0, 1, **kwargs))
+    plain = list(build_loader(path, 0, 1, **{**kwargs, "transform": None}))
+    assert [b["keys"] for b in batches] == [b["keys"] for b in plain]  # the same samples in the same order
+    for batch in batches:
+        for row, key in enumerate(batch["keys"]):
+            rec = make_record(int(key.split("/s")[-1]))
+            assert torch.equal(batch["tokens"][row], torch.from_numpy(rec.tokens[::-1][:-1].copy()))
+            assert torch.equal(batch["labels"][row], torch.from_numpy(rec.tokens[::-1][1:].copy()))
+            assert torch.equal(batch["position_ids"][row], torch.from_numpy(rec.position_ids[:-1] + 1))
+    for stop in (1, 9, len(batches) - 1):
+        loader = build_loader(path, 0, 1, **kwargs)
+        head = list(itertools.islice(iter(loader), stop))
+        resumed = build_loader(path, 0, 1, **kwargs)
+        resumed.load_state_dict(loader.state_dict())
+        for a, b in zip(head + list(resumed), batches, strict=True):
+            assert a["keys"] == b["keys"] and torch.equal(a["tokens"], b["tokens"])
+            assert torch.equal(a["position_ids"], b["position_ids"])
 
 
 def test_dp_ranks_disjoint_union_is_epoch(token_dataset):

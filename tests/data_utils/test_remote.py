@@ -29,7 +29,7 @@ def _same(a: list[dict], b: list[dict]) -> None:
     assert len(a) == len(b) > 0
     for x, y in zip(a, b):
         assert x["keys"] == y["keys"]
-        for name in ("tokens", "labels", "position_ids", "loss_weights"):
+        for name in ("tokens", "labels", "position_ids"):
             assert torch.equal(x[name], y[name])
 
 

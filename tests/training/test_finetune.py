@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from finetune.caption_model import to_image_to_text
-from tests.training.data import LAYOUT, SEQ_LEN, make_dataset, records
+from data_utils.shards import TokenSample
+from finetune.caption_model import image_to_text_sample, to_image_to_text
+from tests.training.data import GRID, LAYOUT, SEQ_LEN, make_dataset, records
 from tests.training.runner import ROOT, base_args, env, losses, train
 from tokenization.unified import split_sequence
 
@@ -25,6 +26,42 @@ def test_reordering_keeps_text_and_image() -> None:
         assert names[:4] == ["[BASE]", "[BOI1]", "[EOI1]", "[ROI1]"]
         assert [p.kind for p in parts][:3] == ["command", "command", "image"]
         assert np.array_equal(positions[: len(tokens)], np.arange(SEQ_LEN))
+
+
+def _known_records(n: int) -> dict[str, tuple[list[int], np.ndarray]]:
+    """Key -> (text ids, image codes) of n text-to-image samples with varied text lengths."""
+    rng = np.random.default_rng(3)
+    out = {}
+    for i in range(n):
+        text = rng.integers(0, 100, size=int(rng.integers(1, 7))).tolist()
+        out[f"k{i:03d}"] = text, rng.integers(0, 64, size=GRID)
+    return out
+
+
+def test_sample_transform_builds_image_to_text_from_the_sample_itself(tmp_path: Path) -> None:
+    """Through the loader (worker processes, before collate): every row is image_to_text of that sample's own
+    text and codes, shifted into tokens/labels/positions."""
+    from data_utils.loader import build_loader
+    from data_utils.writer import TokenRecord, write_token_dataset
+    from tokenization.templates import image_to_text, text_to_image
+
+    known = _known_records(24)
+    recs = [TokenRecord(key=k, tokens=(s := text_to_image(LAYOUT, t, c, SEQ_LEN)).tokens, position_ids=s.position_ids)
+            for k, (t, c) in known.items()]
+    data = str(tmp_path / "data")
+    write_token_dataset(data, recs, layout=LAYOUT, seq_len=SEQ_LEN, samples_per_shard=8)
+    one = image_to_text_sample(TokenSample("k000", recs[0].tokens, recs[0].position_ids, "c", {"m": 1}), LAYOUT)
+    assert (one.key, one.caption, one.meta) == ("k000", "c", {"m": 1})
+    seen = 0
+    for batch in build_loader(data, 0, 1, batch_size=5, num_workers=2, num_epochs=1, transform=image_to_text_sample):
+        for row, key in enumerate(batch["keys"]):
+            text, codes = known[key.split("/")[-1]]
+            ref = image_to_text(LAYOUT, codes, text, SEQ_LEN)
+            assert np.array_equal(batch["tokens"][row].numpy(), ref.tokens[:-1])
+            assert np.array_equal(batch["labels"][row].numpy(), ref.tokens[1:])
+            assert np.array_equal(batch["position_ids"][row].numpy(), ref.position_ids[:-1])
+            seen += 1
+    assert seen == len(known)
 
 
 def test_caption_model_finetunes_from_pretrained(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from data_utils.batch import collate
 from data_utils.errors import DataError
 from data_utils.shards import Manifest, TokenSample
 from data_utils.writer import TokenRecord, write_token_dataset
-from finetune.super_resolution import SuperResolutionTask, sr_batch
+from finetune.super_resolution import positions_needed, sr_objective, sr_sample
 from tests.training.data import LAYOUT, make_dataset
 from tests.training.runner import ROOT, base_args, env, train
 from tokenization.templates import super_resolution, text_to_image
@@ -41,10 +41,16 @@ def make_sr_dataset(out: str, n: int, seed: int = 0) -> str:
     return out
 
 
+def sr_batch(recs: list[TokenRecord], txt_loss_scale: float, low_loss_scale: float) -> dict:
+    """What the loader and the trainer make of super-resolution records: the sample transform, collate, weights."""
+    batch = collate([sr_sample(TokenSample(r.key, r.tokens, r.position_ids, "", {}), LAYOUT) for r in recs])
+    objective = sr_objective(LAYOUT, txt_loss_scale, low_loss_scale)
+    return {**batch, "loss_weights": objective.weights(batch["tokens"], batch["labels"])}
+
+
 def test_weights_and_positions_by_segment() -> None:
     recs = list(sr_records(3, seed=1))
-    batch = collate([TokenSample(r.key, r.tokens, r.position_ids, "", {}) for r in recs], LAYOUT, 1.0)
-    out = sr_batch(batch, LAYOUT, txt_loss_scale=0.25, low_loss_scale=0.5)
+    out = sr_batch(recs, txt_loss_scale=0.25, low_loss_scale=0.5)
     for row, rec in enumerate(recs):
         labels = rec.tokens[1:]
         boi2 = int(np.nonzero(rec.tokens == LAYOUT.command("BOI2"))[0][0])
@@ -61,17 +67,15 @@ def test_weights_and_positions_by_segment() -> None:
         assert np.array_equal(pos[tokens != LAYOUT.pad_id], rec.position_ids[:-1][tokens != LAYOUT.pad_id])
         assert np.all(pos[tokens == LAYOUT.pad_id] == 0) and pos.max() < POSITIONS
     seq = text_to_image(LAYOUT, [1, 2], np.arange(16) % 64, 27)
-    t2i = collate([TokenSample("x", seq.tokens, seq.position_ids, "", {})], LAYOUT)
     with pytest.raises(DataError, match="not super-resolution data"):
-        sr_batch(t2i, LAYOUT, 0.0, 0.0)
+        sr_sample(TokenSample("x", seq.tokens, seq.position_ids, "", {}), LAYOUT)
 
 
 def test_positions_needed_reads_the_data(tmp_path: Path) -> None:
-    task = SuperResolutionTask(0.0, 0.0)
     sr = Manifest.load(make_sr_dataset(str(tmp_path / "sr"), 64))
-    assert task.positions_needed(sr) == max(SR_SEQ - (3 + HIGH * HIGH + 1), 3 + HIGH * HIGH + 1) <= POSITIONS
+    assert positions_needed(sr) == max(SR_SEQ - (3 + HIGH * HIGH + 1), 3 + HIGH * HIGH + 1) <= POSITIONS
     with pytest.raises(DataError, match="--task superres"):
-        task.positions_needed(Manifest.load(make_dataset(str(tmp_path / "t2i"), n=32)))
+        positions_needed(Manifest.load(make_dataset(str(tmp_path / "t2i"), n=32)))
 
 
 def _high_res_loss(save: Path, recs: list[TokenRecord]) -> float:
@@ -80,8 +84,7 @@ def _high_res_loss(save: Path, recs: list[TokenRecord]) -> float:
 
     model, _ = load_model(save, ParallelState.single())
     model.eval()
-    batch = sr_batch(collate([TokenSample(r.key, r.tokens, r.position_ids, "", {}) for r in recs], LAYOUT), LAYOUT,
-                     0.0, 0.0)
+    batch = sr_batch(recs, 0.0, 0.0)
     with torch.no_grad():
         out = model(batch["tokens"], batch["position_ids"], labels=batch["labels"], loss_weights=batch["loss_weights"])
     return float(out.total / batch["loss_weights"].sum())

@@ -27,6 +27,7 @@ def _trainer(data: str, zero: int, precision: str, gas: int, tp: int, **kw: Any)
     from megatron_cogview.parallel import ParallelState
     from megatron_cogview.training.engine import build_ds_config, create_engine
     from megatron_cogview.training.loop import Trainer
+    from megatron_cogview.training.objective import Objective
 
     state = ParallelState.build(tp)
     train = TrainConfig(train_iters=50, micro_batch_size=2, gradient_accumulation_steps=gas, lr=3e-3, warmup=2,
@@ -35,7 +36,9 @@ def _trainer(data: str, zero: int, precision: str, gas: int, tp: int, **kw: Any)
     engine, schedule = create_engine(model, state, train, build_ds_config(train))
     source = build_loader(data, state.dp_rank, state.dp_size, batch_size=2, seed=0) if state.tp_rank == 0 else None
     meta = CheckpointMeta(model=model.config.to_dict(), tensor_parallel_size=tp)
-    return Trainer(engine=engine, model=model, state=state, train=train, meta=meta, source=source), schedule
+    objective = Objective.from_layout(LAYOUT, train.txt_loss_scale)
+    return Trainer(engine=engine, model=model, state=state, train=train, meta=meta, source=source,
+                   objective=objective), schedule
 
 
 class Poison:

@@ -21,6 +21,7 @@ def _trainer(data: str, save: str, **train_kw):  # type: ignore[no-untyped-def]
     from megatron_cogview.parallel import ParallelState
     from megatron_cogview.training.engine import create_engine
     from megatron_cogview.training.loop import Trainer
+    from megatron_cogview.training.objective import Objective
 
     state = ParallelState.build(1)
     train = TrainConfig(train_iters=20, micro_batch_size=4, lr=3e-3, warmup=2, save=save, log_interval=1, **train_kw)
@@ -28,7 +29,9 @@ def _trainer(data: str, save: str, **train_kw):  # type: ignore[no-untyped-def]
     engine, schedule = create_engine(model, state, train, build_ds_config(train))
     source = build_loader(data, state.dp_rank, state.dp_size, batch_size=4, seed=0)
     meta = CheckpointMeta(model=model.config.to_dict(), tensor_parallel_size=1)
-    return Trainer(engine=engine, model=model, state=state, train=train, meta=meta, source=source), schedule
+    objective = Objective.from_layout(LAYOUT, train.txt_loss_scale)
+    return Trainer(engine=engine, model=model, state=state, train=train, meta=meta, source=source,
+                   objective=objective), schedule
 
 
 def _nonfinite_skip(rank: int, world: int, data: str, save: str) -> None:
