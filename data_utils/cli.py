@@ -5,7 +5,10 @@ import argparse
 import logging
 import sys
 
+from megatron_cogview.dataclass_flags import add_flags, flag_values
+
 from .errors import DataError
+from .preprocess_config import PreprocessConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,24 +53,7 @@ def _add_preprocess(subparsers: argparse._SubParsersAction) -> None:
         "captions, or img2dataset-style .tar shards (KEY.jpg|png|webp + KEY.txt). Re-running continues "
         "an interrupted run.",
     )
-    p.add_argument("inputs", nargs="*", help="JSONL/TSV files, image folders or .tar files")
-    p.add_argument("--text-tokenizer", required=True, help="SentencePiece .model file")
-    p.add_argument("--image-tokenizer", required=True, help="VQ-VAE folder (model.safetensors + config.json)")
-    p.add_argument("--out", required=True, help="output folder for PREFIX-000000.tar ... and dataset.json")
-    p.add_argument("--prefix", default="data", help="shard name prefix")
-    p.add_argument("--seq-len", type=int, default=1089, help="stored sequence length (inputs + 1 label)")
-    p.add_argument("--task", choices=("text2image", "image2text", "superres"), default="text2image",
-                   help="sequence template")
-    p.add_argument("--samples-per-shard", type=int, default=1000, help="input items per shard")
-    p.add_argument("--workers", type=int, default=0, help="image-decoding processes (0: in this process)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per VQ-VAE encoding batch")
-    p.add_argument("--device", default="cpu", help="device for VQ-VAE encoding (cpu, cuda, cuda:1, ...; "
-                   "under a launcher cuda means cuda:LOCAL_RANK)")
-    p.add_argument("--image-size", type=int, default=None, help="image side (default: the VQ-VAE's size)")
-    p.add_argument("--caption-column", default=None, help="caption field of JSONL/TSV inputs")
-    p.add_argument("--image-column", default=None, help="image path field of JSONL/TSV inputs")
-    p.add_argument("--num-text-tokens", type=int, default=None, help="text ids in the layout (default: tokenizer size)")
-    p.add_argument("--num-image-tokens", type=int, default=None, help="image ids in the layout (default: codebook size)")
+    add_flags(p, PreprocessConfig, positional=("inputs",), nargs={"inputs": "*"})
     d = p.add_argument_group("several processes (torchrun / SLURM set RANK+WORLD_SIZE or SLURM_PROCID+SLURM_NTASKS)")
     d.add_argument("--num-parts", type=int, default=None, help="split the input files into this many parts ...")
     d.add_argument("--part", type=int, default=None, help="... and process this one (0-based; e.g. a SLURM array index)")
@@ -88,7 +74,7 @@ def _add_preprocess(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_preprocess(args: argparse.Namespace) -> int:
-    from .preprocess import PreprocessConfig, preprocess
+    from .preprocess import preprocess
 
     if args.from_cogview_bin is not None:
         return _run_from_cogview_bin(args)
@@ -96,14 +82,10 @@ def _run_preprocess(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     part = resolve_part(args.num_parts, args.part)
+    flags = {**flag_values(PreprocessConfig, args), "inputs": tuple(args.inputs), "device": part_device(args.device, part)}
     config = PreprocessConfig(
-        tuple(args.inputs), args.text_tokenizer, args.image_tokenizer, args.out, prefix=args.prefix,
-        seq_len=args.seq_len, task=args.task, samples_per_shard=args.samples_per_shard, workers=args.workers,
-        batch_size=args.batch_size, device=part_device(args.device, part), image_size=args.image_size,
-        caption_column=args.caption_column, image_column=args.image_column,
-        num_text_tokens=args.num_text_tokens, num_image_tokens=args.num_image_tokens,
-        num_parts=part.count, part=part.index, wait_for_parts=part.launched and part.index == 0,
-        styles=_styles(args),
+        **flags, num_parts=part.count, part=part.index,
+        wait_for_parts=part.launched and part.index == 0, styles=_styles(args),
     )
     preprocess(config)
     return 0

@@ -22,64 +22,18 @@ from tokenization.unified import UnifiedTokenizer
 
 from .errors import DataError
 from .imageio import decode_task
-from .parts import Part, finish_parts, other_splits, part_file, part_prefix, share, write_part
+from .parts import finish_parts, other_splits, part_file, part_prefix, share, write_part
+from .preprocess_config import PreprocessConfig
 from .progress import progress
-from .remote import is_url
 from .shards import MANIFEST_NAME, Manifest, ShardInfo, storage_dtype
 from .sources import RawItem, input_files, iter_inputs
-from .styles import StyleCaptions, check_style_inputs, with_style_captions
+from .styles import check_style_inputs, with_style_captions
 from .wds import safe_key
 from .writer import TokenRecord, shard_name, write_shard
 
 logger = logging.getLogger("data_utils")
-TASKS = ("text2image", "image2text", "superres")
 PROGRESS_DIR = ".progress"
 _LOGGED_PER_KIND = 10
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """Settings of one preprocessing run (the ones that change the output are recorded in the manifest)."""
-
-    inputs: tuple[str, ...]
-    text_tokenizer: str
-    image_tokenizer: str
-    out: str
-    prefix: str = "data"
-    seq_len: int = 1089
-    task: str = "text2image"
-    samples_per_shard: int = 1000
-    workers: int = 0
-    batch_size: int = 64
-    device: str = "cpu"
-    image_size: int | None = None  # default: the image tokenizer's trained size
-    caption_column: str | None = None
-    image_column: str | None = None
-    num_text_tokens: int | None = None  # layout sizes; default: the tokenizers' own sizes
-    num_image_tokens: int | None = None
-    num_parts: int = 1  # split the input files into this many parts (one per rank or job) ...
-    part: int = 0  # ... and process this one
-    wait_for_parts: bool = False  # when the last part to finish is not this one, wait for it (rank 0 of a launcher)
-    styles: StyleCaptions | None = None  # caption-free style data: captions from a template (data_utils/styles.py)
-
-    def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise DataError(f"--task {self.task!r} is unknown; use one of {', '.join(TASKS)}")
-        if self.samples_per_shard < 1 or self.batch_size < 1 or self.workers < 0:
-            raise DataError("--samples-per-shard and --batch-size must be >= 1 and --workers >= 0")
-        if not self.inputs:
-            raise DataError("no inputs given; pass JSONL/TSV files, image folders or .tar shards")
-        shard_name(self.prefix, 0)  # validates the prefix
-        if is_url(self.out):
-            raise DataError(f"--out {self.out!r} is a URL; write to a local (or shared) folder and upload it "
-                            "afterwards (training and `cogview data-info` read shards by URL)")
-        if self.num_parts < 1 or not 0 <= self.part < self.num_parts:
-            raise DataError(f"part {self.part} of {self.num_parts} is out of range; use 0 <= --part < --num-parts")
-
-    @property
-    def share(self) -> Part:
-        """This run's part of the inputs."""
-        return Part(self.part, self.num_parts)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import types
 import typing
 from typing import Any, Iterable, Literal, Mapping, get_args, get_origin
@@ -54,6 +55,13 @@ def cli_fields(cls: type, only: Iterable[str] | None = None, skip: Iterable[str]
             and (chosen is None or f.name in chosen)]
 
 
+def field_type(cls: type, f: dataclasses.Field) -> Any:
+    """The field's annotation, evaluated in its class's module (other fields' annotations may be unresolvable)."""
+    if not isinstance(f.type, str):
+        return f.type
+    return eval(f.type, vars(sys.modules[cls.__module__]))  # the class's own annotation text
+
+
 def _value_kwargs(tp: Any) -> dict[str, Any]:
     """argparse type/choices/nargs of one annotation (bool is handled by the caller)."""
     origin = get_origin(tp)
@@ -91,14 +99,13 @@ def add_flags(
     help. defaults: flag defaults that differ from the field's (e.g. None = "not given"). positional: fields
     that are positional arguments. nargs: overrides of the number of values per field.
     """
-    hints = typing.get_type_hints(cls)
     defaults, nargs, positional = dict(defaults or {}), dict(nargs or {}), set(positional)
     names = []
     for f in cli_fields(cls, only, skip):
         default = defaults.get(f.name, field_default(f))
         text = field_help(f) + (f" (default: {field_default(f)})" if show_defaults else "")
         kwargs: dict[str, Any] = {"help": text.replace("%", "%%")}
-        tp = hints[f.name]
+        tp = field_type(cls, f)
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction if bools == "optional" else "store_true"
         else:
@@ -122,7 +129,6 @@ def add_flags(
 
 
 def flag_values(cls: type, namespace: argparse.Namespace, only: Iterable[str] | None = None) -> dict[str, Any]:
-    """The parsed values of cls's flags (fields absent from the namespace are left out)."""
+    """The parsed values of cls's flags (fields without a flag or absent from the namespace are left out)."""
     ns = vars(namespace)
-    chosen = None if only is None else set(only)
-    return {f.name: ns[f.name] for f in dataclasses.fields(cls) if f.name in ns and (chosen is None or f.name in chosen)}
+    return {f.name: ns[f.name] for f in cli_fields(cls, only) if f.name in ns}

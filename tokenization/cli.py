@@ -5,22 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from megatron_cogview.dataclass_flags import add_flags, cli_fields, flag_values
 from tokenization.errors import TokenizationError
-
-# Model flags of train-vqvae and their VQVAEConfig fields (None = keep the default / the checkpoint's value).
-_MODEL_FLAGS = {
-    "image_size": "image_size",
-    "downsample": "downsample",
-    "codebook_size": "codebook_size",
-    "code_dim": "code_dim",
-    "hidden_channels": "hidden_channels",
-    "res_channels": "res_channels",
-    "num_res_blocks": "num_res_blocks",
-    "ema_decay": "ema_decay",
-    "commitment_beta": "commitment_beta",
-    "dead_code_threshold": "dead_code_threshold",
-    "architecture": "architecture",
-}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -85,58 +71,11 @@ def _add_train_vqvae(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train-vqvae", help="train a VQ-VAE image tokenizer on a folder, an image list or webdataset tars"
     )
-    p.add_argument(
-        "--data",
-        nargs="+",
-        required=True,
-        help="folders of images, image-list .txt files, or .tar shards (shard-{000..009}.tar)",
-    )
-    p.add_argument(
-        "--out",
-        required=True,
-        type=Path,
-        help="output directory: model.safetensors, config.json, checkpoint.pt, train_log.jsonl",
-    )
-    p.add_argument(
-        "--steps", type=int, default=100_000, help="total optimisation steps (a resumed run continues up to this)"
-    )
-    p.add_argument("--batch-size", type=int, default=32,
-                   help="images per step per process (under torchrun: global batch = this x WORLD_SIZE)")
-    p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate")
-    p.add_argument("--warmup-steps", type=int, default=500, help="linear learning-rate warm-up")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: off)")
-    p.add_argument("--workers", type=int, default=4, help="DataLoader worker processes")
-    p.add_argument("--save-every", type=int, default=2000, help="checkpoint + export every N steps")
-    p.add_argument("--log-every", type=int, default=100, help="log metrics averaged over N steps")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun cuda = cuda:LOCAL_RANK)")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (quantiser stays fp32)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    from tokenization.vqvae.config import TrainOptions, VQVAEConfig
+
+    add_flags(p, TrainOptions)
     model = p.add_argument_group("model (defaults: CogView's; ignored flags must match the checkpoint when resuming)")
-    model.add_argument("--image-size", type=int, default=None, help="training resolution (default 256)")
-    model.add_argument("--downsample", type=int, default=None, help="pixels per code side, a power of two (default 8)")
-    model.add_argument("--codebook-size", type=int, default=None, help="number of codes (default 8192)")
-    model.add_argument("--code-dim", type=int, default=None, help="code vector size (default 256)")
-    model.add_argument("--hidden-channels", type=int, default=None, help="conv width (default 256)")
-    model.add_argument("--res-channels", type=int, default=None, help="residual-block bottleneck width (default 128)")
-    model.add_argument(
-        "--num-res-blocks", type=int, default=None, help="residual blocks at the code resolution (default 2)"
-    )
-    model.add_argument("--ema-decay", type=float, default=None, help="codebook EMA decay (default 0.99)")
-    model.add_argument("--commitment-beta", type=float, default=None, help="commitment loss weight (default 0.25)")
-    model.add_argument(
-        "--dead-code-threshold",
-        type=float,
-        default=None,
-        help="re-initialise codes used less than this x the uniform share (default 0.03; 0: never)",
-    )
-    model.add_argument(
-        "--architecture",
-        choices=("residual", "cogview-original"),
-        default=None,
-        help="residual (default) or cogview-original (the released CogView VQ-VAE's layers; no residual blocks)",
-    )
+    add_flags(model, VQVAEConfig, show_defaults=True, defaults={f.name: None for f in cli_fields(VQVAEConfig)})
     p.set_defaults(func=_run_train_vqvae)
 
 
@@ -145,7 +84,7 @@ def _config_from_args(args: argparse.Namespace) -> "object":
     from tokenization.vqvae.config import VQVAEConfig
     from tokenization.vqvae.train import CHECKPOINT_NAME, load_checkpoint
 
-    given = {field: getattr(args, flag) for flag, field in _MODEL_FLAGS.items() if getattr(args, flag) is not None}
+    given = {k: v for k, v in flag_values(VQVAEConfig, args).items() if v is not None}
     if not args.resume:
         if given.get("architecture") == "cogview-original":
             given.setdefault("num_res_blocks", 0)  # that architecture has none
@@ -160,26 +99,11 @@ def _config_from_args(args: argparse.Namespace) -> "object":
 
 
 def _run_train_vqvae(args: argparse.Namespace) -> int:
-    from tokenization.vqvae.train import TrainOptions, train_vqvae
+    from tokenization.vqvae.config import TrainOptions
+    from tokenization.vqvae.train import train_vqvae
 
     config = _config_from_args(args)
-    options = TrainOptions(
-        data=list(args.data),
-        out=args.out,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup_steps=args.warmup_steps,
-        weight_decay=args.weight_decay,
-        grad_clip=args.grad_clip,
-        workers=args.workers,
-        save_every=args.save_every,
-        log_every=args.log_every,
-        seed=args.seed,
-        device=args.device,
-        amp=args.amp,
-        resume=args.resume,
-    )
+    options = TrainOptions(**flag_values(TrainOptions, args))
     train_vqvae(config, options, log=lambda line: print(line, flush=True))  # type: ignore[arg-type]
     return 0
 

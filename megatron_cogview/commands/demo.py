@@ -5,6 +5,10 @@ import argparse
 import dataclasses
 import json
 
+# CPU threads per demo stage: torch in this process and OMP_NUM_THREADS of the training processes (the demo's
+# timings in the README were measured with 2)
+DEMO_THREADS = 2
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `demo` subcommand."""
@@ -13,6 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="demo_out", help="output folder (re-running skips completed stages)")
     p.add_argument("--fast", action="store_true", help="a ~2-minute smoke version (tiny sizes, low quality)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, models and sampling")
+    p.add_argument("--threads", type=int, default=DEMO_THREADS, help="CPU threads of each stage (torch here, "
+                   f"OMP_NUM_THREADS of the training processes; default {DEMO_THREADS})")
     p.add_argument("--super-resolution", action="store_true", help="also fine-tune a super-resolution model and "
                    "magnify 32 px images to 64 px (report/superres.md; ~3 more minutes, off by default)")
     p.set_defaults(func=run)
@@ -20,11 +26,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the pipeline and print where the report is."""
+    from megatron_cogview.config import ConfigError
     from megatron_cogview.demo.pipeline import FAST, DemoSettings, run_demo
 
     settings = dataclasses.replace(FAST if args.fast else DemoSettings(), seed=args.seed,
                                    super_resolution=args.super_resolution)
-    metrics = run_demo(args.out, settings)
+    if args.threads < 1:
+        raise ConfigError(f"--threads {args.threads} must be >= 1")
+    metrics = run_demo(args.out, settings, threads=args.threads)
     print(json.dumps({k: v for k, v in metrics.items() if k.endswith(("selection", "sample", "total_seconds"))}))
     print(f"report: {args.out}/report/summary.md (PNG grids in {args.out}/samples/)")
     if "superres" in metrics:

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from megatron_cogview.evaluation.run import EvalSettings, evaluate
 
     settings = EvalSettings(args.samples_per_caption, args.rerank, tuple(args.blur), args.seed, args.temperature,
-                            args.top_k, args.top_p, args.max_batch)
+                            args.top_k, args.top_p, args.max_inference_batch_size)
     if args.rerank > 1 and not args.caption_model:
         raise ConfigError(f"--rerank {args.rerank} needs --caption-model (reranking keeps the lowest Caption Loss)")
     if settings.samples_per_caption < 1 or settings.rerank < 1:

@@ -9,17 +9,19 @@ from typing import Any
 
 from megatron_cogview.commands import super_resolution as sr_command
 from megatron_cogview.config import ConfigError
+from megatron_cogview.dataclass_flags import add_flags, flag_values
+from megatron_cogview.generation.config import GenerationConfig
+
+# GenerationConfig fields with a flag in generate and evaluate; generate adds the decode-step ones
+SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "seed", "max_inference_batch_size")
+DECODE_FIELDS = ("cuda_graphs", "compile_step")
 
 
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     """Tokenizer overrides, sampling settings, batch cap and device: shared by generate and evaluate."""
     p.add_argument("--text-tokenizer", default="", help="SentencePiece model (default: the one the checkpoint names)")
     p.add_argument("--image-tokenizer", default="", help="VQ-VAE directory (default: the one the checkpoint names)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
-    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off; CogView used 200)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1 = off)")
-    p.add_argument("--seed", type=int, default=1234, help="base seed (each sample's seed is derived from it)")
-    p.add_argument("--max-batch", type=int, default=16, help="max sequences per forward (max_inference_batch_size)")
+    add_flags(p, GenerationConfig, only=SAMPLING_FIELDS)
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
 
 
@@ -29,9 +31,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     add_sampling_flags(p)
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="weights and compute: fp32, or bf16/fp16 "
                    "(half the memory; fp16 is for GPUs)")
-    p.add_argument("--cuda-graphs", action="store_true", help="replay each decode step as a CUDA graph (GPU only; "
-                   "removes the per-token kernel-launch cost of large models)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the decode step (pays compile time once)")
+    add_flags(p, GenerationConfig, only=DECODE_FIELDS)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -106,12 +106,8 @@ def load_for_generation(args: argparse.Namespace, load: str):  # type: ignore[no
     return model, UnifiedTokenizer(text, image, layout)
 
 
-def _gen_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from megatron_cogview.generation import GenerationConfig
-
-    return GenerationConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                            max_inference_batch_size=args.max_batch, cuda_graphs=args.cuda_graphs,
-                            compile_step=args.compile)
+def _gen_config(args: argparse.Namespace) -> GenerationConfig:
+    return GenerationConfig(**flag_values(GenerationConfig, args, SAMPLING_FIELDS + DECODE_FIELDS))
 
 
 def run_text2image(args: argparse.Namespace) -> int:

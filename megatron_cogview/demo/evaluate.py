@@ -22,8 +22,6 @@ def _prompts(path: Path, limit: int | None) -> list[dict[str, Any]]:
 
 def evaluate(out: Path, settings: Any, log: Log) -> dict[str, Any]:
     """Generate samples_per_prompt images per caption, write PNGs/grids, and score them (writes scores.json)."""
-    import torch
-
     from data_utils.checker import check_image
     from data_utils.shards import Manifest
     from megatron_cogview.checkpoint.load import load_model
@@ -36,7 +34,6 @@ def evaluate(out: Path, settings: Any, log: Log) -> dict[str, Any]:
     from tokenization.text import TextTokenizer
     from tokenization.unified import UnifiedTokenizer
 
-    torch.set_num_threads(2)
     state = ParallelState.single()
     model, _ = load_model(out / "checkpoints" / "text2image", state)
     caption_model, _ = load_model(out / "checkpoints" / "image2text", state)

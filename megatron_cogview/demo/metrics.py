@@ -12,15 +12,12 @@ RADII = (0, 1, 2, 4, 8)
 
 def demo_metrics(out: Path, settings: Any, log: Log) -> dict[str, Any]:
     """Score samples/<group>/samples.jsonl; writes eval/demo_metrics.json and returns it."""
-    import torch
-
     from data_utils.checker import check_image
     from megatron_cogview.evaluation.references import read_references, synthetic_combination
     from megatron_cogview.evaluation.run import draws_from_records
     from megatron_cogview.evaluation.scoring import score
     from megatron_cogview.evaluation.shapes import shapes_net
 
-    torch.set_num_threads(2)
     synth = out / "data" / "synth"
     net = shapes_net(out / "eval" / "shapes_extractor.safetensors", settings.image_size, log=lambda m: log("    " + m))
     real = read_references([str(synth / "heldout.jsonl")], settings.image_size, max_references=4000).images

@@ -101,13 +101,15 @@ class Stages:
         self.log(f"[{self.index}/{self.total}] {name}: {self.times[name]:.0f} s")
 
 
-def _pretrain(args: list[str], log_file: Path, log: Log, module: str = "megatron_cogview.commands.pretrain") -> None:
-    """Run a training entry in a child process; our log lines are shown, DeepSpeed's chatter goes to log_file."""
+def _pretrain(args: list[str], log_file: Path, log: Log, module: str = "megatron_cogview.commands.pretrain", *,
+              threads: int) -> None:
+    """Run a training entry in a child process with `threads` CPU threads; our log lines are shown, DeepSpeed's
+    chatter goes to log_file."""
     code = f"import sys; from {module} import main; sys.exit(main(sys.argv[1:]))"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("w", encoding="utf-8") as f, subprocess.Popen(
         [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": "2"},
+        env={**__import__("os").environ, "OMP_NUM_THREADS": str(threads)},
     ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -125,12 +127,19 @@ def _text_budget(sp_model: str, captions: list[str]) -> int:
     return max(len(tok.encode(c)) for c in captions)
 
 
-def run_demo(out: str | Path, settings: DemoSettings, log: Log = print) -> dict[str, Any]:
-    """Run (or continue) the whole demo into `out`; returns the metrics written to report/metrics.json."""
+def run_demo(out: str | Path, settings: DemoSettings, log: Log = print, *, threads: int) -> dict[str, Any]:
+    """Run (or continue) the whole demo into `out` with `threads` CPU threads per stage (torch here, OMP in the
+    training processes); returns the metrics written to report/metrics.json."""
+    import functools
+
+    import torch
+
     from megatron_cogview.demo.evaluate import evaluate
     from megatron_cogview.demo.metrics import demo_metrics
     from megatron_cogview.demo.report import write_report
 
+    torch.set_num_threads(threads)
+    pretrain = functools.partial(_pretrain, threads=threads)
     out = Path(out).resolve()
     s = settings
     st = Stages(out, s, log, total=len(STAGE_FIELDS))
@@ -193,10 +202,10 @@ def run_demo(out: str | Path, settings: DemoSettings, log: Log = print) -> dict[
     st.run("text tokenizer (SentencePiece)", do_text, (tok,))
     st.run("image tokenizer (VQ-VAE)", do_vqvae, (vq_dir,))
     st.run("token shards", do_shards, (shards,))
-    st.run("pretrain CogView (DeepSpeed)", lambda: _pretrain(train_args("text2image", s.gpt_iters),
-                                                              out / "logs" / "pretrain.log", log),
+    st.run("pretrain CogView (DeepSpeed)", lambda: pretrain(train_args("text2image", s.gpt_iters),
+                                                             out / "logs" / "pretrain.log", log),
            (ckpt / "text2image",))
-    st.run("caption model for post-selection", lambda: _pretrain(
+    st.run("caption model for post-selection", lambda: pretrain(
         train_args("image2text", s.caption_iters) + ["--finetune-from", str(ckpt / "text2image")],
         out / "logs" / "caption.log", log, module="finetune.caption_model"), (ckpt / "image2text",))
     st.run("generate + score", lambda: evaluate(out, s, log), (out / "samples",))
@@ -209,5 +218,5 @@ def run_demo(out: str | Path, settings: DemoSettings, log: Log = print) -> dict[
     if s.super_resolution:
         from megatron_cogview.demo.superres import run_superres
 
-        metrics["superres"] = run_superres(out, s, log, _pretrain)
+        metrics["superres"] = run_superres(out, s, log, pretrain)
     return metrics

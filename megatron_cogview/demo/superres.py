@@ -100,7 +100,6 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def evaluate_superres(out: Path, settings: Any, log: Log) -> dict[str, Any]:
     """Magnify generated samples (checker agreement) and rendered scenes (PSNR vs truth and vs bicubic)."""
-    import torch
     from PIL import Image
 
     from data_utils.checker import check_image
@@ -114,7 +113,6 @@ def evaluate_superres(out: Path, settings: Any, log: Log) -> dict[str, Any]:
     from tokenization.text import TextTokenizer
     from tokenization.unified import UnifiedTokenizer
 
-    torch.set_num_threads(2)
     model, meta = load_model(out / "checkpoints" / "superres", ParallelState.single())
     vq = ImageTokenizer.from_pretrained(str(out / "tokenizers" / "vqvae"))
     tok = UnifiedTokenizer(TextTokenizer(str(out / "tokenizers" / "text.model")), vq,

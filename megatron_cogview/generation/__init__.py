@@ -3,13 +3,31 @@
 The core takes token ids and id ranges only; turning text into ids and codes into pictures is the
 entry layer's job (megatron_cogview.tasks).
 """
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from megatron_cogview.generation.config import GenerationConfig, GenerationError
-from megatron_cogview.generation.decode import DecodeResult, decode, inference
-from megatron_cogview.generation.image2text import generate_text
-from megatron_cogview.generation.logits import IdRanges, range_logits
-from megatron_cogview.generation.post_selection import CaptionTemplate, Selection, caption_loss, post_select, rerank
-from megatron_cogview.generation.sampling import draw_uniforms, process_logits, sample, top_k_filter, top_p_filter
-from megatron_cogview.generation.text2image import generate_image_codes
+
+# The torch-backed names load on first use, so GenerationConfig (and the CLI flags made from it) stays cheap.
+_LAZY = {
+    **dict.fromkeys(("DecodeResult", "decode", "inference"), "megatron_cogview.generation.decode"),
+    "generate_text": "megatron_cogview.generation.image2text",
+    **dict.fromkeys(("IdRanges", "range_logits"), "megatron_cogview.generation.logits"),
+    **dict.fromkeys(("CaptionTemplate", "Selection", "caption_loss", "post_select", "rerank"),
+                    "megatron_cogview.generation.post_selection"),
+    **dict.fromkeys(("draw_uniforms", "process_logits", "sample", "top_k_filter", "top_p_filter"),
+                    "megatron_cogview.generation.sampling"),
+    "generate_image_codes": "megatron_cogview.generation.text2image",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'megatron_cogview.generation' has no attribute {name!r}")
+
 
 __all__ = [
     "GenerationConfig", "GenerationError", "DecodeResult", "decode", "inference", "generate_text", "IdRanges",

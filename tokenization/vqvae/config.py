@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from megatron_cogview.dataclass_flags import option
 from tokenization.errors import TokenizationError
 
 ARCHITECTURES = ("residual", "cogview-original")
@@ -19,21 +20,24 @@ convs and ends in a 1x1 conv)."""
 class VQVAEConfig:
     """Hyper-parameters of a VQ-VAE image tokenizer (defaults: CogView's 256 px -> 32x32 codes of 8192)."""
 
-    image_size: int = 256
-    in_channels: int = 3
-    hidden_channels: int = 256
-    num_res_blocks: int = 2
-    res_channels: int = 128
-    downsample: int = 8
-    codebook_size: int = 8192
-    code_dim: int = 256
-    ema_decay: float = 0.99
-    ema_eps: float = 1e-5
-    commitment_beta: float = 0.25
-    dead_code_threshold: float = 0.03
-    normalize_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
-    normalize_std: tuple[float, ...] = (0.5, 0.5, 0.5)
-    architecture: str = "residual"
+    image_size: int = option(256, "training resolution")
+    in_channels: int = option(3, "image channels", cli=False)
+    hidden_channels: int = option(256, "conv width")
+    num_res_blocks: int = option(2, "residual blocks at the code resolution")
+    res_channels: int = option(128, "residual-block bottleneck width")
+    downsample: int = option(8, "pixels per code side, a power of two")
+    codebook_size: int = option(8192, "number of codes")
+    code_dim: int = option(256, "code vector size")
+    ema_decay: float = option(0.99, "codebook EMA decay")
+    ema_eps: float = option(1e-5, "epsilon of the codebook EMA", cli=False)
+    commitment_beta: float = option(0.25, "commitment loss weight")
+    dead_code_threshold: float = option(0.03, "re-initialise codes used less than this x the uniform share (0: never)")
+    normalize_mean: tuple[float, ...] = option((0.5, 0.5, 0.5), "per-channel mean of the input normalisation", cli=False)
+    normalize_std: tuple[float, ...] = option((0.5, 0.5, 0.5), "per-channel std of the input normalisation", cli=False)
+    architecture: str = option(
+        "residual", "residual or cogview-original (the released CogView VQ-VAE's layers; no residual blocks)",
+        choices=ARCHITECTURES,
+    )
 
     def __post_init__(self) -> None:
         for name in (
@@ -119,3 +123,25 @@ class VQVAEConfig:
         except json.JSONDecodeError as e:
             raise TokenizationError(f"{str(path)!r} is not valid JSON ({e.msg}); re-export the tokenizer") from e
         return cls.from_dict(data)
+
+
+@dataclass
+class TrainOptions:
+    """How to train a VQ-VAE (the model itself is described by VQVAEConfig); the flags of `cogview tokenizer train-vqvae`."""
+
+    data: list[str] = option(help="folders of images, image-list .txt files, or .tar shards (shard-{000..009}.tar)")
+    out: Path = option(help="output directory: model.safetensors, config.json, checkpoint.pt, train_log.jsonl")
+    steps: int = option(100_000, "total optimisation steps (a resumed run continues up to this)")
+    batch_size: int = option(32, "images per step per process (under torchrun: global batch = this x WORLD_SIZE)")
+    lr: float = option(3e-4, "AdamW learning rate")
+    warmup_steps: int = option(500, "linear learning-rate warm-up")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    grad_clip: float = option(1.0, "max gradient norm (0: off)")
+    workers: int = option(4, "DataLoader worker processes")
+    save_every: int = option(2000, "checkpoint + export every N steps")
+    log_every: int = option(100, "log metrics averaged over N steps")
+    seed: int = option(0, "seed of initialisation and data order")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N (under torchrun cuda = cuda:LOCAL_RANK)")
+    amp: bool = option(False, "bf16 autocast on CUDA (quantiser stays fp32)")
+    resume: bool = option(False, "continue from OUT/checkpoint.pt")
+    progress: bool | None = option(None, "show a progress bar (None: only when stderr is a TTY)", cli=False)

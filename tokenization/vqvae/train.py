@@ -17,35 +17,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from tokenization.errors import TokenizationError
-from tokenization.vqvae.config import VQVAEConfig
+from tokenization.vqvae.config import TrainOptions, VQVAEConfig  # TrainOptions lives there (no torch)
 from tokenization.vqvae.data import ImageFolderDataset, ResumableBatchSampler, find_images
 from tokenization.vqvae.model import VQVAE
 from tokenization.vqvae.serialization import save_pretrained
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "train_log.jsonl"
-
-
-@dataclass
-class TrainOptions:
-    """How to train (the model itself is described by VQVAEConfig)."""
-
-    data: list[str]
-    out: Path
-    steps: int = 100_000
-    batch_size: int = 32  # images per step in each process (under torchrun the global batch is this x WORLD_SIZE)
-    lr: float = 3e-4
-    warmup_steps: int = 500
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    workers: int = 4
-    save_every: int = 2000
-    log_every: int = 100
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = False  # bf16 autocast on CUDA (the quantiser stays in fp32)
-    resume: bool = False
-    progress: bool | None = None  # None: only when stderr is a TTY
 
 
 @dataclass
