@@ -147,3 +147,12 @@ def test_generator_maps_types_and_metadata() -> None:
     for bad in (["--mode", "c", "--name", "x"], [], ["--name", "x", "--hidden", "1"]):
         with pytest.raises(SystemExit):
             p.parse_args(bad)
+
+
+def test_demo_threads_are_chosen_by_its_entry(capsys: pytest.CaptureFixture[str]) -> None:
+    from megatron_cogview.cli import main
+
+    parser = build_parser()
+    assert parser.parse_args(["demo"]).threads == 2  # the demo's timings were measured with 2
+    assert main(["demo", "--threads", "0", "--out", "unused"]) == 2
+    assert "--threads 0 must be >= 1" in capsys.readouterr().err
