@@ -70,21 +70,22 @@ def write_synthetic(config: ModelConfig, tp: int, dtype: torch.dtype, save: Path
 def naive_reshard(load: Path, save: Path, target_tp: int) -> None:
     """The peer: torch.load every shard whole, unshard each tensor to its master, shard again, save."""
     from megatron_cogview.checkpoint.layout import read_meta
-    from megatron_cogview.checkpoint.reshard import split_rule
+    from megatron_cogview.checkpoint.reshard import split_rules
     from megatron_cogview.parallel import shard, unshard
 
     it, meta = read_meta(load)
     inputs = [torch.load(model_states_file(load, it, r), weights_only=True)["module"]
               for r in range(meta.tensor_parallel_size)]
+    rules = split_rules(meta.model_config())
     full = {}
     for name in inputs[0]:
-        rule = split_rule(name)
+        rule = rules[name]
         full[name] = unshard([i[name] for i in inputs], rule.dim, rule.stride) if rule.sharded else inputs[0][name]
     del inputs
     for rank in range(target_tp):
         module = {}
         for name, t in full.items():
-            rule = split_rule(name)
+            rule = rules[name]
             module[name] = shard(t, rule.dim, target_tp, rank, rule.stride) if rule.sharded else t
         path = model_states_file(save, it, rank)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,13 @@ from megatron_cogview.checkpoint.layout import (
     write_meta,
     write_trackers,
 )
-from megatron_cogview.checkpoint.reshard import SplitRule, check_target_tp, expected_shapes, reslice, target_vocab_size
+from megatron_cogview.checkpoint.reshard import (
+    Shapes,
+    check_target_tp,
+    expected_shapes,
+    reslice_param,
+    target_vocab_size,
+)
 from megatron_cogview.checkpoint.source import (
     Log,
     MappedShards,
@@ -134,14 +140,14 @@ def write_resharded(
 
 
 def reshard_rank(
-    source: Source, shapes: dict[str, tuple[tuple[int, ...], SplitRule]], target_tp: int, rank: int, vocab: int
+    source: Source, shapes: Shapes, target_tp: int, rank: int, vocab: int
 ) -> dict[str, torch.Tensor]:
     """Output tp rank `rank`'s state dict, built from the memory-mapped input shards."""
     inputs = MappedShards(source)
     module: dict[str, torch.Tensor] = {}
     for name, (shape, rule) in shapes.items():
         new_size = vocab if rule.kind == "vocab" else None
-        tensor = reslice(inputs[name], rule, target_tp, rank, new_size)
+        tensor = reslice_param(inputs[name], rule, target_tp, rank, new_size)
         if tuple(tensor.shape) != shape:
             raise RuntimeError(f"resharding {name} gave shape {list(tensor.shape)}, expected {list(shape)}")
         module[name] = tensor

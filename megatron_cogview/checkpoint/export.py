@@ -17,7 +17,7 @@ import torch
 
 from megatron_cogview.checkpoint.convert import staged_dir, target_config
 from megatron_cogview.checkpoint.layout import CheckpointError, CheckpointMeta
-from megatron_cogview.checkpoint.reshard import expected_shapes, reslice
+from megatron_cogview.checkpoint.reshard import expected_shapes, reslice_param
 from megatron_cogview.checkpoint.source import Log, MappedShards, Source, stderr_log
 from megatron_cogview.config import ModelConfig
 
@@ -61,7 +61,7 @@ def write_safetensors(source: Source, path: Path, config: ModelConfig, log: Log 
         f.write(_header(entries, {"format": "pt", "producer": "megatron-cogview"}))
         for name, (shape, rule) in shapes.items():
             new_size = config.vocab_size if rule.kind == "vocab" else None
-            tensor = reslice(inputs[name], rule, 1, 0, new_size)
+            tensor = reslice_param(inputs[name], rule, 1, 0, new_size)
             if tuple(tensor.shape) != shape:
                 raise RuntimeError(f"exporting {name} gave shape {list(tensor.shape)}, expected {list(shape)}")
             raw = _raw(tensor)
@@ -149,6 +149,7 @@ def load_exported(
     from safetensors.torch import load_file
 
     from megatron_cogview.model import CogViewModel
+    from megatron_cogview.parallel.sharding import mark_sharded, sharding_of
     from megatron_cogview.parallel.state import ParallelState
 
     config, _ = read_export(directory)
@@ -156,15 +157,14 @@ def load_exported(
     if not weights.is_file():
         raise CheckpointError(f"{weights} is missing: the export is incomplete")
     model = CogViewModel(config, ParallelState.single(), device="meta")
-    attrs = {n: {k: getattr(p, k) for k in ("tensor_model_parallel", "partition_dim", "partition_stride") if hasattr(p, k)}
-             for n, p in model.named_parameters()}
+    shardings = {n: sharding_of(p) for n, p in model.named_parameters()}  # assign=True drops the tags
     state = load_file(str(weights), device="cpu")
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise CheckpointError(f"{weights} does not fit config.json: missing {missing[:4]}, unexpected {unexpected[:4]}")
     for name, p in model.named_parameters():
-        for k, v in attrs[name].items():
-            setattr(p, k, v)
+        if shardings[name].sharded:
+            mark_sharded(p, shardings[name])
     return model.to(device=device, dtype=dtype) if device is not None or dtype is not None else model
 
 

@@ -19,7 +19,7 @@ from megatron_cogview.checkpoint.layout import (
     read_latest,
     read_meta,
 )
-from megatron_cogview.checkpoint.reshard import SplitRule, expected_shapes
+from megatron_cogview.checkpoint.reshard import Shapes, expected_shapes
 from megatron_cogview.checkpoint.zero import ZERO3_MODEL, is_zero3
 from megatron_cogview.config import ModelConfig
 
@@ -124,7 +124,7 @@ class Source:
     meta: CheckpointMeta
     trust_pickle: bool = False
     log: Log = stderr_log
-    _shapes: dict[str, tuple[tuple[int, ...], SplitRule]] = field(default_factory=dict, repr=False)
+    _shapes: Shapes = field(default_factory=dict, repr=False)
 
     @property
     def tp_size(self) -> int:
@@ -147,7 +147,7 @@ class Source:
         value = self.meta.tokenizers.get("num_tokens")
         return int(value) if value is not None else None
 
-    def shapes(self) -> dict[str, tuple[tuple[int, ...], SplitRule]]:
+    def shapes(self) -> Shapes:
         """Expected key -> (local shape, rule) at this checkpoint's tp size."""
         if not self._shapes:
             self._shapes = expected_shapes(self.config, self.tp_size)
@@ -161,7 +161,7 @@ class Source:
         return module
 
 
-def check_module(module: dict[str, torch.Tensor], shapes: dict[str, tuple[tuple[int, ...], SplitRule]], path: Path) -> None:
+def check_module(module: dict[str, torch.Tensor], shapes: Shapes, path: Path) -> None:
     """CheckpointError unless `module` has exactly the expected keys and shapes."""
     missing = sorted(set(shapes) - set(module))
     unexpected = sorted(set(module) - set(shapes))

@@ -1,9 +1,10 @@
 """Tensor-parallel layers: column- and row-parallel linears and a vocab-parallel embedding.
 
-Every layer initialises the FULL master weight from a CPU generator and keeps its own slice,
-so the same seed gives the same master weight at any tp size (TP=2 shards are exact slices
-of the TP=1 weight). Sharded parameters carry `tensor_model_parallel=True`, `partition_dim`
-and `partition_stride`, which gradient clipping and checkpoint conversion read.
+Every layer initialises the FULL master weight from a CPU generator and keeps its own slice
+(`parallel.sharding.shard`), so the same seed gives the same master weight at any tp size (TP=2
+shards are exact slices of the TP=1 weight). Each sharded parameter is tagged with its `Sharding`
+(kind, partition dim, stride), which gradient clipping and checkpoint conversion read; replicated
+parameters carry none.
 """
 from __future__ import annotations
 
@@ -17,38 +18,13 @@ from megatron_cogview.parallel.mappings import (
     reduce_from_region,
     scatter_to_region,
 )
+from megatron_cogview.parallel.sharding import Sharding, mark_sharded, shard, sharding_of
 from megatron_cogview.parallel.state import ParallelState, require_state
-
-
-def mark_parallel(param: nn.Parameter, partition_dim: int, stride: int = 1) -> None:
-    """Tag a tp-sharded parameter with how it is split."""
-    param.tensor_model_parallel = True  # type: ignore[attr-defined]
-    param.partition_dim = partition_dim  # type: ignore[attr-defined]
-    param.partition_stride = stride  # type: ignore[attr-defined]
 
 
 def is_parallel_param(param: torch.Tensor) -> bool:
     """True for a parameter sharded across the tensor-parallel group."""
-    return bool(getattr(param, "tensor_model_parallel", False))
-
-
-def shard(master: torch.Tensor, dim: int, tp_size: int, tp_rank: int, stride: int = 1) -> torch.Tensor:
-    """This rank's slice of `master` along `dim`; with stride s, shard r is [part_r of each of s blocks].
-
-    For a fused QKV weight (stride 3) shard r is [Q_r; K_r; V_r].
-    """
-    size = master.size(dim)
-    if size % (tp_size * stride):
-        raise ValueError(f"dimension {dim} of size {size} does not split into {tp_size} shards x stride {stride}")
-    chunks = master.chunk(tp_size * stride, dim=dim)  # stride blocks, each cut in tp parts
-    return torch.cat(chunks[tp_rank::tp_size], dim=dim).contiguous()
-
-
-def unshard(shards: list[torch.Tensor], dim: int, stride: int = 1) -> torch.Tensor:
-    """Inverse of `shard`: rebuild the master tensor from all tp shards in rank order."""
-    tp_size = len(shards)
-    pieces = [s.chunk(stride, dim=dim) for s in shards]  # [rank][block]
-    return torch.cat([pieces[r][b] for b in range(stride) for r in range(tp_size)], dim=dim)
+    return sharding_of(param).sharded
 
 
 def init_master(
@@ -60,24 +36,23 @@ def init_master(
 
 def _parameter(
     master_shape: tuple[int, ...],
-    dim: int,
+    sharding: Sharding,
     state: ParallelState,
     std: float,
     generator: torch.Generator | None,
     device: torch.device | str | None,
     dtype: torch.dtype,
-    stride: int = 1,
 ) -> nn.Parameter:
     """A sharded parameter initialised from its master weight (or left empty on the meta device)."""
     local_shape = list(master_shape)
-    local_shape[dim] //= state.tp_size
+    local_shape[sharding.dim] //= state.tp_size
     if device is not None and torch.device(device).type == "meta":
         param = nn.Parameter(torch.empty(local_shape, device="meta", dtype=dtype))
     else:
         master = init_master(master_shape, std, generator)
-        local = shard(master, dim, state.tp_size, state.tp_rank, stride)
+        local = shard(master, sharding.dim, state.tp_size, state.tp_rank, sharding.stride)
         param = nn.Parameter(local.to(device=device, dtype=dtype))
-    mark_parallel(param, dim, stride)
+    mark_sharded(param, sharding)
     return param
 
 
@@ -106,10 +81,11 @@ class ColumnParallelLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.out_per_rank = out_features // state.tp_size
         self.gather_output = gather_output
-        self.weight = _parameter((out_features, in_features), 0, state, init_std, generator, device, dtype, stride)
+        sharding = Sharding("column", 0, stride)
+        self.weight = _parameter((out_features, in_features), sharding, state, init_std, generator, device, dtype)
         if bias:
             self.bias = nn.Parameter(torch.zeros(self.out_per_rank, device=device, dtype=dtype))
-            mark_parallel(self.bias, 0, stride)
+            mark_sharded(self.bias, sharding)
         else:
             self.register_parameter("bias", None)
 
@@ -140,7 +116,9 @@ class RowParallelLinear(nn.Module):
         state.check_divisible("in_features", in_features)
         self.in_features, self.out_features = in_features, out_features
         self.input_is_parallel = input_is_parallel
-        self.weight = _parameter((out_features, in_features), 1, state, init_std, generator, device, dtype)
+        self.weight = _parameter(
+            (out_features, in_features), Sharding("row", 1), state, init_std, generator, device, dtype
+        )
         if bias:  # replicated: added once, after the reduction
             self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype))
         else:
@@ -175,7 +153,9 @@ class VocabParallelEmbedding(nn.Module):
         self.per_rank = num_embeddings // state.tp_size
         self.vocab_start = state.tp_rank * self.per_rank
         self.vocab_end = self.vocab_start + self.per_rank
-        self.weight = _parameter((num_embeddings, embedding_dim), 0, state, init_std, generator, device, dtype)
+        self.weight = _parameter(
+            (num_embeddings, embedding_dim), Sharding("vocab", 0), state, init_std, generator, device, dtype
+        )
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.state.tp_size == 1:
