@@ -71,7 +71,7 @@ def check_prompts(model: CogViewModel, prompts: Sequence[Prompt], max_new_tokens
     return out
 
 
-class _Chooser:
+class NextTokenSampler:
     """Turns last hidden states [b, h] into the next ids [b] under the allowed ranges."""
 
     def __init__(self, model: CogViewModel, config: GenerationConfig, allowed: IdRanges | None, device: torch.device):
@@ -114,7 +114,7 @@ def decode(
     device = model.word_embeddings.weight.device
     out = torch.full((b, max_new_tokens), fill_id, dtype=torch.long, device=device)
     lengths = torch.full((b,), max_new_tokens, dtype=torch.long, device=device)
-    chooser = _Chooser(model, config, allowed, device)
+    sampler = NextTokenSampler(model, config, allowed, device)
     stops = torch.tensor(sorted(set(int(s) for s in stop_ids)), dtype=torch.long, device=device)
     cap = config.max_inference_batch_size
     chunks = range(0, b, cap)
@@ -123,7 +123,7 @@ def decode(
             index = torch.arange(start, min(start + cap, b), device=device)
             uniforms = draw_uniforms(seeds[start : start + cap], max_new_tokens, device)  # [c, T]
             step_done = None if progress is None else _chunk_progress(progress, i, len(chunks), max_new_tokens)
-            _decode_chunk(model, rows[start : start + cap], index, uniforms, chooser, stops, out, lengths, step_done)
+            _decode_chunk(model, rows[start : start + cap], index, uniforms, sampler, stops, out, lengths, step_done)
     return DecodeResult(out, lengths)
 
 
@@ -132,7 +132,7 @@ def _decode_chunk(
     prompts: list[torch.Tensor],
     index: torch.Tensor,
     uniforms: torch.Tensor,
-    choose: _Chooser,
+    choose: NextTokenSampler,
     stops: torch.Tensor,
     out: torch.Tensor,
     lengths: torch.Tensor,

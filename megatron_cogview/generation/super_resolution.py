@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 
 from megatron_cogview.generation.config import GenerationConfig, require
-from megatron_cogview.generation.decode import _Chooser, inference
+from megatron_cogview.generation.decode import NextTokenSampler, inference
 from megatron_cogview.generation.logits import IdRanges, range_logits
 from megatron_cogview.generation.sampling import draw_uniforms, sample
 from megatron_cogview.model import CogViewModel
@@ -97,7 +97,7 @@ def fill_cells(
             uniforms = draw_uniforms([seeds[i] for i in rows], n, device)  # [c, n]: one per cell, given or not
             chunk = [prompts[i] for i in rows]
             if use_cache:
-                out[rows] = _fill_cached(model, chunk, out[rows], mask, uniforms, _Chooser(model, config, allowed, device))
+                out[rows] = _fill_cached(model, chunk, out[rows], mask, uniforms, NextTokenSampler(model, config, allowed, device))
             else:
                 for j, i in enumerate(rows):
                     out[i] = _fill_uncached(model, prompts[i], out[i], mask, uniforms[j], config, allowed)
@@ -117,7 +117,7 @@ def _runs(mask: torch.Tensor) -> list[tuple[int, int, bool]]:
 
 def _fill_cached(
     model: CogViewModel, prompts: list[SRPrompt], out: torch.Tensor, mask: torch.Tensor, uniforms: torch.Tensor,
-    choose: _Chooser,
+    choose: NextTokenSampler,
 ) -> torch.Tensor:
     """One chunk: prefill the right-padded prompts, then draw or feed the cells run by run."""
     device = out.device
