@@ -253,6 +253,16 @@ def test_shard_unshard_round_trip_with_stride() -> None:
     assert torch.equal(unshard(shards, 0, stride=3), master)
 
 
+def test_shard_equals_a_chunk_reference_and_rejects_uneven_splits() -> None:
+    master = torch.randn(24, 12)
+    for dim, tp, stride in [(0, 1, 1), (0, 2, 3), (0, 4, 3), (0, 8, 1), (1, 2, 1), (1, 4, 3), (1, 2, 2)]:
+        chunks = master.chunk(tp * stride, dim=dim)  # stride blocks, each cut in tp parts; rank r: part r of each
+        for r in range(tp):
+            assert torch.equal(shard(master, dim, tp, r, stride), torch.cat(chunks[r::tp], dim=dim)), (dim, tp, stride)
+    with pytest.raises(ValueError, match="dimension of size 12 does not split into 8 shards x stride 1"):
+        shard(master, 1, 8, 0)
+
+
 def _bad_tp(rank: int, world: int) -> None:
     from megatron_cogview.parallel import ParallelStateError
 
