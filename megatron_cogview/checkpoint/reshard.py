@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 
 from megatron_cogview.config import ConfigError, ModelConfig, pad_vocab_size
-from megatron_cogview.parallel.sharding import Sharding, reslice, sharding_of
+from megatron_cogview.parallel.sharding import NOT_SHARDED, Sharding, reslice, sharding_of
 from megatron_cogview.parallel.state import ParallelState
 
 Shapes = dict[str, tuple[tuple[int, ...], Sharding]]
@@ -32,7 +32,7 @@ def expected_shapes(config: ModelConfig, tp_size: int) -> Shapes:
 
     model = CogViewModel(config, meta_state(tp_size), device="meta")
     params = dict(model.named_parameters())
-    return {name: (tuple(tensor.shape), sharding_of(params[name]) if name in params else sharding_of(tensor))
+    return {name: (tuple(tensor.shape), sharding_of(params[name]) if name in params else NOT_SHARDED)
             for name, tensor in model.state_dict().items()}
 
 
