@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from megatron_cogview.config import ModelConfig, model_preset
 from megatron_cogview.generation import GenerationConfig, generate_image_codes
-from megatron_cogview.generation.decode import inference
+from megatron_cogview.generation.decoding import inference
 from megatron_cogview.model import CogViewModel
 from megatron_cogview.parallel import ParallelState
 

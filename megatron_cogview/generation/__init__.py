@@ -12,7 +12,7 @@ from megatron_cogview.generation.config import GenerationConfig, GenerationError
 
 # The torch-backed names load on first use, so GenerationConfig (and the CLI flags made from it) stays cheap.
 _LAZY = {
-    **dict.fromkeys(("DecodeResult", "decode", "inference"), "megatron_cogview.generation.decode"),
+    **dict.fromkeys(("DecodeResult", "decode", "inference"), "megatron_cogview.generation.decoding"),
     "generate_text": "megatron_cogview.generation.image2text",
     **dict.fromkeys(("IdRanges", "range_logits"), "megatron_cogview.generation.logits"),
     **dict.fromkeys(("CaptionTemplate", "Selection", "caption_loss", "post_select", "rerank"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from megatron_cogview.generation.config import GenerationConfig, require
-from megatron_cogview.generation.decode import Prompt, decode
+from megatron_cogview.generation.decoding import Prompt, decode
 from megatron_cogview.model import CogViewModel
 
 

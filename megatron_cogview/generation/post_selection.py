@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 
 from megatron_cogview.generation.config import GenerationConfig, require
-from megatron_cogview.generation.decode import inference
+from megatron_cogview.generation.decoding import inference
 from megatron_cogview.model import CogViewModel
 from megatron_cogview.model.lm_loss import fused_lm_loss
 

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 
 from megatron_cogview.generation.config import GenerationConfig, require
-from megatron_cogview.generation.decode import NextTokenSampler, inference
+from megatron_cogview.generation.decoding import NextTokenSampler, inference
 from megatron_cogview.generation.logits import IdRanges, range_logits
 from megatron_cogview.generation.sampling import draw_uniforms, sample
 from megatron_cogview.model import CogViewModel

@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 
 from megatron_cogview.generation.config import GenerationConfig, require
-from megatron_cogview.generation.decode import Progress, Prompt, decode
+from megatron_cogview.generation.decoding import Progress, Prompt, decode
 from megatron_cogview.model import CogViewModel
 
 

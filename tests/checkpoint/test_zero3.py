@@ -21,7 +21,7 @@ from megatron_cogview.checkpoint.reshard import split_rules
 from megatron_cogview.checkpoint.source import open_source
 from megatron_cogview.config import TrainConfig
 from megatron_cogview.generation import GenerationConfig
-from megatron_cogview.generation.decode import decode
+from megatron_cogview.generation.decoding import decode
 from megatron_cogview.model import CogViewModel
 from megatron_cogview.parallel import ParallelState, unshard
 from tests.checkpoint.ds_zero import train_zero3
