@@ -10,7 +10,7 @@ from megatron_cogview.config import ConfigError, ModelConfig
 from megatron_cogview.model.attention import KVCache
 from megatron_cogview.model.lm_loss import DEFAULT_CHUNK_ELEMENTS, fused_lm_loss
 from megatron_cogview.model.sparse import sample_pattern
-from megatron_cogview.model.transformer import Build, Transformer
+from megatron_cogview.model.transformer import BuildContext, Transformer
 from megatron_cogview.parallel.layers import VocabParallelEmbedding
 from megatron_cogview.parallel.mappings import copy_to_region, gather_from_region
 from megatron_cogview.parallel.random import REPLICATED, RNGTracker, dropout
@@ -46,7 +46,7 @@ class CogViewModel(nn.Module):
         self.config, self.state = config, state
         meta = device is not None and torch.device(device).type == "meta"
         generator = None if meta else torch.Generator().manual_seed(config.seed)
-        b = Build(config, state, generator, device, dtype)
+        b = BuildContext(config, state, generator, device, dtype)
         self.word_embeddings = VocabParallelEmbedding(
             config.vocab_size, config.hidden_size, state, init_std=config.init_std, generator=generator,
             device=device, dtype=dtype,

@@ -19,7 +19,7 @@ from megatron_cogview.parallel.state import ParallelState
 CheckpointFn = Callable[..., Any]
 
 
-class Build:
+class BuildContext:
     """What every sub-module needs to construct itself (config, parallel state, init stream, placement)."""
 
     def __init__(
@@ -46,7 +46,7 @@ class Build:
 class SelfAttention(nn.Module):
     """Multi-head self-attention with heads split over tp ranks (fused QKV, stride 3)."""
 
-    def __init__(self, b: Build) -> None:
+    def __init__(self, b: BuildContext) -> None:
         super().__init__()
         c, st = b.config, b.state
         self.kernel, self.alpha = c.attention_kernel, c.pb_relax_alpha
@@ -81,7 +81,7 @@ class SelfAttention(nn.Module):
 class MLP(nn.Module):
     """h -> 4h (column-parallel) -> tanh-GELU -> h (row-parallel)."""
 
-    def __init__(self, b: Build) -> None:
+    def __init__(self, b: BuildContext) -> None:
         super().__init__()
         c, st = b.config, b.state
         kw = dict(generator=b.generator, device=b.device, dtype=b.dtype)
@@ -97,7 +97,7 @@ class TransformerLayer(nn.Module):
     pre: h = x + Attn(LN_a(x)), y = h + MLP(LN_b(h)); post: h = LN_a(x + Attn(x)), y = LN_b(h + MLP(h)).
     Branch outputs get hidden dropout (replicated stream) before the sandwich LN, as in CogView."""
 
-    def __init__(self, b: Build, index: int) -> None:
+    def __init__(self, b: BuildContext, index: int) -> None:
         super().__init__()
         c = b.config
         self.index, self.order, self.hidden_dropout = index, c.layernorm_order, c.hidden_dropout
@@ -134,7 +134,7 @@ class TransformerLayer(nn.Module):
 class Transformer(nn.Module):
     """Position embeddings + layer stack + final LayerNorm (names follow the original CogView)."""
 
-    def __init__(self, b: Build) -> None:
+    def __init__(self, b: BuildContext) -> None:
         super().__init__()
         c = b.config
         self.config = c
