@@ -26,7 +26,7 @@ from megatron_cogview.checkpoint.layout import (
     write_trackers,
 )
 from megatron_cogview.checkpoint.load import read_module
-from megatron_cogview.checkpoint.source import Log, Source
+from megatron_cogview.checkpoint.source import CheckpointSource, Log
 
 POSITION_KEY = "transformer.position_embeddings.weight"
 
@@ -130,8 +130,8 @@ def default_new_grid(old_end: int, rows: int, old_grid: int | None) -> int | Non
     return square_side(rows - (old_end - old_grid**2)) or old_grid
 
 
-def write_grown(source: Source, save: str | Path, rows: int, new_grid: int | None, log: Log) -> CheckpointMeta:
-    """`cogview convert --max-position-embeddings`: `source` (a checkpoint.source.Source) written to `save` with
+def write_grown(source: CheckpointSource, save: str | Path, rows: int, new_grid: int | None, log: Log) -> CheckpointMeta:
+    """`cogview convert --max-position-embeddings`: `source` (a CheckpointSource) written to `save` with
     its position table grown to `rows` (every tp rank; ZeRO-3 consolidated); returns the new CheckpointMeta."""
     old_rows = source.config.max_position_embeddings
     if not check_growth(old_rows, rows, f"checkpoint {str(source.load)!r}"):

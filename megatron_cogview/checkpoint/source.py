@@ -115,7 +115,7 @@ def _module(states: Any, path: Path) -> dict[str, torch.Tensor]:
 
 
 @dataclass
-class Source:
+class CheckpointSource:
     """One checkpoint to convert: per-tp-rank files, its metadata and how to read them."""
 
     load: Path
@@ -161,6 +161,9 @@ class Source:
         return module
 
 
+Source = CheckpointSource  # the old name, still imported by checkpoint/convert.py and checkpoint/export.py
+
+
 def check_module(module: dict[str, torch.Tensor], shapes: Shapes, path: Path) -> None:
     """CheckpointError unless `module` has exactly the expected keys and shapes."""
     missing = sorted(set(shapes) - set(module))
@@ -187,7 +190,7 @@ def open_source(
     num_tokens: int | None = None,
     trust_pickle: bool = False,
     log: Log = stderr_log,
-) -> Source:
+) -> CheckpointSource:
     """Locate a checkpoint (latest or `iteration`) and its metadata; `config` is needed when it has none."""
     if fmt not in FORMATS:
         raise CheckpointError(f"--from {fmt!r} is not one of {', '.join(FORMATS)}")
@@ -214,13 +217,13 @@ def open_source(
             f"{iteration_dir(load, it)} holds {len(files)} tp rank files but its metadata says tensor-parallel "
             f"size {meta.tensor_parallel_size}: incomplete or mixed checkpoint"
         )
-    return Source(load=load, iteration=it, files=files, meta=meta, trust_pickle=trust_pickle, log=log)
+    return CheckpointSource(load=load, iteration=it, files=files, meta=meta, trust_pickle=trust_pickle, log=log)
 
 
 class MappedShards:
-    """The input tp shards of a Source, memory-mapped and re-mapped every `budget` bytes read."""
+    """The input tp shards of a CheckpointSource, memory-mapped and re-mapped every `budget` bytes read."""
 
-    def __init__(self, source: Source, budget: int = REMAP_BYTES) -> None:
+    def __init__(self, source: CheckpointSource, budget: int = REMAP_BYTES) -> None:
         self.source, self.budget = source, budget
         self.maps: list[dict[str, torch.Tensor]] = []
         self.read = 0
