@@ -21,7 +21,7 @@ _SALT_SHARDS, _SALT_BUFFER, _SALT_MIX, _SALT_RESAMPLE = 11, 12, 13, 14
 
 
 @dataclass(frozen=True)
-class Source:
+class DatasetSource:
     """One dataset's usable shards (absolute paths and sample counts) and its mixing weight."""
 
     paths: tuple[str, ...]
@@ -30,18 +30,21 @@ class Source:
     weight: float = 1.0
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest, shard_indices: Sequence[int], weight: float = 1.0) -> "Source":
+    def from_manifest(cls, manifest: Manifest, shard_indices: Sequence[int], weight: float = 1.0) -> "DatasetSource":
         """The shards `shard_indices` of a manifest (empty shards are dropped)."""
         paths = manifest.shard_paths()
         keep = [i for i in shard_indices if manifest.shards[i].samples > 0]
         return cls(tuple(paths[i] for i in keep), tuple(manifest.shards[i].samples for i in keep), manifest.seq_len, weight)
 
 
+Source = DatasetSource  # the old name, still imported by data_utils/loader.py
+
+
 @dataclass(frozen=True)
 class StreamSpec:
     """Everything that fixes the order of samples a (rank, worker) stream yields."""
 
-    sources: tuple[Source, ...]
+    sources: tuple[DatasetSource, ...]
     seed: int
     dp_rank: int
     dp_size: int
