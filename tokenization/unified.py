@@ -56,7 +56,7 @@ def split_sequence(layout: TokenLayout, sequence: IdsLike, keep_padding: bool = 
     return parts
 
 
-def image_grid(codes: np.ndarray, grid_size: int | None = None) -> np.ndarray:
+def codes_as_grid(codes: np.ndarray, grid_size: int | None = None) -> np.ndarray:
     """Shape a run of image codes as a [h, w] grid (square unless grid_size says the width)."""
     n = codes.shape[0]
     width = grid_size or int(round(n**0.5))
@@ -125,7 +125,7 @@ class UnifiedTokenizer:
     def decode_image(self, ids: IdsLike, grid_size: int | None = None) -> list[Image.Image]:
         """PIL image of a run of global image ids (flat or [h, w])."""
         array = _as_ids(ids, "ids") - self.layout.image_offset
-        return self._image_tokenizer().decode(image_grid(array, grid_size)[None])
+        return self._image_tokenizer().decode(codes_as_grid(array, grid_size)[None])
 
     def split(self, sequence: IdsLike, keep_padding: bool = False) -> list[Part]:
         """Ordered (kind, ids) parts of a mixed sequence ([PAD] dropped unless keep_padding)."""
@@ -137,7 +137,7 @@ class UnifiedTokenizer:
 
     def image_codes(self, sequence: IdsLike, grid_size: int | None = None) -> list[np.ndarray]:
         """Raw code grids [h, w] of every image run in a sequence."""
-        return [image_grid(p.raw(self.layout), grid_size) for p in self.split(sequence) if p.kind == "image"]
+        return [codes_as_grid(p.raw(self.layout), grid_size) for p in self.split(sequence) if p.kind == "image"]
 
     def describe(self, sequence: IdsLike) -> str:
         """Readable one-line rendering, e.g. `[ROI1] a cat [BASE] [BOI1] <image 32x32> [EOI1]`."""

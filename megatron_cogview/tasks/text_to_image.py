@@ -35,7 +35,7 @@ def sample_seed(base: int, prompt_id: str, index: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def image_grid(images: Sequence[Image.Image], columns: int | None = None) -> Image.Image:
+def tile_images(images: Sequence[Image.Image], columns: int | None = None) -> Image.Image:
     """Tile equally sized images row by row (square-ish by default)."""
     cols = columns or math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / cols)
@@ -134,7 +134,7 @@ def _generate_group(
         folder = out / line.id
         if model.state.tp_rank == 0:
             folder.mkdir(parents=True, exist_ok=True)
-            image_grid([images[j] for j in order[p]]).save(folder / "grid.png")
+            tile_images([images[j] for j in order[p]]).save(folder / "grid.png")
         for rank, j in enumerate(order[p]):
             name = f"{j:03d}.png"
             if model.state.tp_rank == 0:
@@ -186,4 +186,4 @@ def text_to_image_file(
     return text_to_image(model, tokenizer, parsed.prompts, num_samples, config, out, **kwargs)
 
 
-__all__ = ["image_grid", "sample_seed", "text_to_image", "text_to_image_file"]
+__all__ = ["sample_seed", "text_to_image", "text_to_image_file", "tile_images"]
