@@ -48,19 +48,19 @@ def _parse() -> argparse.Namespace:
 
 
 def _generate(load: Path, tok: Any, prompts: list[tuple[str, str]], n: int, folder: Path, seed: int) -> list[dict]:
-    """text_to_image for (id, caption) prompts with a checkpoint; the records (file paths relative to folder)."""
+    """generate_images for (id, caption) prompts with a checkpoint; the records (file paths relative to folder)."""
     from megatron_cogview.checkpoint.load import load_model
     from megatron_cogview.generation import GenerationConfig
     from megatron_cogview.parallel import ParallelState
     from megatron_cogview.tasks.prompts import PromptLine
-    from megatron_cogview.tasks.text_to_image import text_to_image
+    from megatron_cogview.tasks.text_to_image import generate_images
 
     model, _ = load_model(load, ParallelState.single())
     lines = [PromptLine(pid, text, i + 1) for i, (pid, text) in enumerate(prompts)]
     config = GenerationConfig(temperature=0.9, top_k=20, seed=seed, max_inference_batch_size=64)
     if (folder / "samples.jsonl").exists():
         (folder / "samples.jsonl").unlink()
-    return text_to_image(model, tok, lines, n, config, folder, log=lambda m: None)
+    return generate_images(model, tok, lines, n, config, folder, log=lambda m: None)
 
 
 def _score(load: Path, tok: Any, style_caption: str, ordinary: list[dict], args: argparse.Namespace,

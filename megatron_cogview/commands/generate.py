@@ -112,7 +112,7 @@ def _gen_config(args: argparse.Namespace) -> GenerationConfig:
 
 def run_text2image(args: argparse.Namespace) -> int:
     """Generate images for prompts; exit 0 even when some prompt lines were bad (they are reported)."""
-    from megatron_cogview.tasks.text_to_image import text_to_image, text_to_image_file
+    from megatron_cogview.tasks.text_to_image import generate_images, generate_images_from_file
 
     config = _gen_config(args)
     if args.num_samples < 1:
@@ -122,9 +122,9 @@ def run_text2image(args: argparse.Namespace) -> int:
     sr = sr_command.prepare_chain(args, tok)  # checked before the (long) sampling
     kw = dict(caption_model=caption, keep=args.keep or None, keep_codes=sr is not None)
     if args.prompts:
-        records = text_to_image_file(model, tok, args.prompts, args.num_samples, config, args.out, **kw)
+        records = generate_images_from_file(model, tok, args.prompts, args.num_samples, config, args.out, **kw)
     else:
-        records = text_to_image(model, tok, args.prompt, args.num_samples, config, args.out, **kw)
+        records = generate_images(model, tok, args.prompt, args.num_samples, config, args.out, **kw)
     good = [r for r in records if "error" not in r]
     print(f"wrote {len(good)} images for {len({r['id'] for r in good})} prompts to {args.out}/ "
           f"(samples.jsonl, <id>/grid.png); {len(records) - len(good)} prompt(s) skipped", file=sys.stderr)

@@ -28,7 +28,7 @@ def evaluate(out: Path, settings: Any, log: Log) -> dict[str, Any]:
     from megatron_cogview.generation import GenerationConfig
     from megatron_cogview.parallel import ParallelState
     from megatron_cogview.tasks.prompts import PromptLine
-    from megatron_cogview.tasks.text_to_image import text_to_image
+    from megatron_cogview.tasks.text_to_image import generate_images
     from tokenization.image import ImageTokenizer
     from tokenization.layout import TokenLayout
     from tokenization.text import TextTokenizer
@@ -51,7 +51,7 @@ def evaluate(out: Path, settings: Any, log: Log) -> dict[str, Any]:
         folder = out / "samples" / group
         if (folder / "samples.jsonl").exists():
             (folder / "samples.jsonl").unlink()  # a re-run of this stage starts its records afresh
-        records = text_to_image(model, tok, lines, settings.samples_per_prompt, config, folder,
+        records = generate_images(model, tok, lines, settings.samples_per_prompt, config, folder,
                                 caption_model=caption_model, log=lambda m: log("    " + m))
         expected = {line.id: (it["color"], it["shape"], it["position"]) for line, it in zip(lines, items)}
         per_prompt: dict[str, dict[str, Any]] = {}

@@ -16,7 +16,7 @@ from megatron_cogview.evaluation.scoring import Draw, Extractor, score
 from megatron_cogview.generation import GenerationConfig
 from megatron_cogview.model import CogViewModel
 from megatron_cogview.tasks.prompts import PromptLine
-from megatron_cogview.tasks.text_to_image import text_to_image
+from megatron_cogview.tasks.text_to_image import generate_images
 from tokenization.unified import UnifiedTokenizer
 
 Log = Callable[[str], None]
@@ -101,7 +101,7 @@ def generate(model: CogViewModel, tokenizer: UnifiedTokenizer, captions: list[st
         bar.update(len(lines) - len(todo))
         for start in range(0, len(todo), per_call):
             chunk = todo[start : start + per_call]
-            for rec in text_to_image(model, tokenizer, chunk, settings.draws, config, samples,
+            for rec in generate_images(model, tokenizer, chunk, settings.draws, config, samples,
                                      caption_model=caption_model, log=log):
                 if "error" in rec:
                     raise ConfigError(f"caption {rec['prompt']!r} cannot be generated: {rec['error']}")
@@ -111,7 +111,7 @@ def generate(model: CogViewModel, tokenizer: UnifiedTokenizer, captions: list[st
 
 
 def draws_from_records(records: list[dict], folder: Path, captions: list[str]) -> list[Draw]:
-    """Draw objects of text_to_image records (caption index from the prompt text)."""
+    """Draw objects of generate_images records (caption index from the prompt text)."""
     index = {c: i for i, c in enumerate(captions)}
     return [Draw(index[r["prompt"]], int(r["sample"]), folder / r["file"], r.get("caption_loss")) for r in records]
 

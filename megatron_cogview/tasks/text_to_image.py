@@ -50,7 +50,7 @@ def _as_prompt_lines(prompts: Sequence[PromptLine | str]) -> list[PromptLine]:
     return [p if isinstance(p, PromptLine) else PromptLine(f"{i + 1:04d}", p, i + 1) for i, p in enumerate(prompts)]
 
 
-def text_to_image(
+def generate_images(
     model: CogViewModel,
     tokenizer: UnifiedTokenizer,
     prompts: Sequence[PromptLine | str],
@@ -70,7 +70,7 @@ def text_to_image(
     if num_samples < 1:
         raise GenerationError(f"num_samples={num_samples} must be >= 1")
     if tokenizer.image is None:
-        raise GenerationError("text_to_image needs a UnifiedTokenizer with an image tokenizer (the VQ-VAE)")
+        raise GenerationError("generate_images needs a UnifiedTokenizer with an image tokenizer (the VQ-VAE)")
     state = model.state
     lines = _as_prompt_lines(prompts)[state.dp_rank :: state.dp_size]
     out = Path(out_dir)
@@ -162,7 +162,7 @@ def _select(
     return sel.indices.tolist(), sel.scores
 
 
-def text_to_image_file(
+def generate_images_from_file(
     model: CogViewModel,
     tokenizer: UnifiedTokenizer,
     prompt_file: str | Path,
@@ -171,7 +171,7 @@ def text_to_image_file(
     out_dir: str | Path,
     **kwargs,
 ) -> list[dict]:
-    """text_to_image on a prompt file; skipped lines are logged and written to JSONL as error records."""
+    """generate_images on a prompt file; skipped lines are logged and written to JSONL as error records."""
     parsed = read_prompts(prompt_file)
     log: Log = kwargs.get("log", _stderr)
     for problem in parsed.problems:
@@ -183,7 +183,7 @@ def text_to_image_file(
         with (out / name).open("a", encoding="utf-8") as f:
             for problem in parsed.problems:
                 f.write(json.dumps({"error": problem}, ensure_ascii=False) + "\n")
-    return text_to_image(model, tokenizer, parsed.prompts, num_samples, config, out, **kwargs)
+    return generate_images(model, tokenizer, parsed.prompts, num_samples, config, out, **kwargs)
 
 
-__all__ = ["sample_seed", "text_to_image", "text_to_image_file", "tile_images"]
+__all__ = ["sample_seed", "generate_images", "generate_images_from_file", "tile_images"]

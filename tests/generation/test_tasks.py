@@ -16,12 +16,12 @@ from megatron_cogview.parallel import ParallelState
 from megatron_cogview.tasks import (
     PromptFileError,
     caption_images,
+    generate_images,
+    generate_images_from_file,
     parse_prompts,
     read_prompts,
     rerank_images,
     sample_seed,
-    text_to_image,
-    text_to_image_file,
 )
 from megatron_cogview.tasks.captioning import caption_template
 
@@ -90,7 +90,7 @@ def test_text_to_image_writes_pngs_grid_and_jsonl(tokenizer, models, tmp_path: P
     prompts.write_text(f"red\t{CAPTIONS[0]}\nx\t \n{long}\n", encoding="utf-8")
     logs: list[str] = []
     config = GenerationConfig(top_k=20, seed=5, max_inference_batch_size=4)
-    records = text_to_image_file(gen, tokenizer, prompts, 3, config, tmp_path / "out", log=logs.append)
+    records = generate_images_from_file(gen, tokenizer, prompts, 3, config, tmp_path / "out", log=logs.append)
     out = tmp_path / "out"
     for pid in ("red", "0003"):
         assert sorted(p.name for p in (out / pid).iterdir()) == ["000.png", "001.png", "002.png", "grid.png"]
@@ -103,10 +103,10 @@ def test_text_to_image_writes_pngs_grid_and_jsonl(tokenizer, models, tmp_path: P
     assert samples[0]["settings"] == config.to_dict() and samples[0]["seed"] == sample_seed(5, "red", 0)
     assert samples[3]["text_truncated"] > 0 and any("were cut" in m for m in logs)
     # the same seed gives the same image alone or in another batch
-    again = text_to_image(gen, tokenizer, [CAPTIONS[0]], 2, config.replace(max_inference_batch_size=1),
+    again = generate_images(gen, tokenizer, [CAPTIONS[0]], 2, config.replace(max_inference_batch_size=1),
                           tmp_path / "again", log=logs.append)
     assert [r["seed"] for r in again] == [sample_seed(5, "0001", j) for j in range(2)]
-    batched = text_to_image(gen, tokenizer, [CAPTIONS[0], CAPTIONS[1]], 2, config, tmp_path / "batched",
+    batched = generate_images(gen, tokenizer, [CAPTIONS[0], CAPTIONS[1]], 2, config, tmp_path / "batched",
                             log=logs.append)  # 4 samples in one batch of 4
     assert [r["seed"] for r in batched[:2]] == [r["seed"] for r in again]
     for j in range(2):
@@ -120,7 +120,7 @@ def test_text_to_image_writes_pngs_grid_and_jsonl(tokenizer, models, tmp_path: P
 def test_post_selection_orders_samples_by_caption_loss(tokenizer, models, tmp_path: Path) -> None:
     gen, cap = models
     config = GenerationConfig(seed=1, max_inference_batch_size=8)
-    records = text_to_image(gen, tokenizer, [CAPTIONS[1]], 4, config, tmp_path, caption_model=cap, keep=2,
+    records = generate_images(gen, tokenizer, [CAPTIONS[1]], 4, config, tmp_path, caption_model=cap, keep=2,
                             log=lambda m: None)
     assert [r["rank"] for r in records] == [0, 1]
     assert records[0]["caption_loss"] <= records[1]["caption_loss"]
