@@ -141,8 +141,8 @@ def _run_info(args: argparse.Namespace) -> int:
     m = Manifest.load(args.dataset)
     print(f"{m.root}: {m.num_samples} samples in {len(m.shards)} shard(s), task {m.task}, seq_len {m.seq_len}, "
           f"dtype {m.dtype}")
-    print(f"layout {m.layout} ({m.layout_fingerprint[:12]}); text tokenizer {m.text_tokenizer[:12]}; "
-          f"image tokenizer {m.image_tokenizer[:12]}")
+    print(f"layout {m.layout} ({m.layout_fingerprint[:12]}); text tokenizer {m.text_tokenizer_fingerprint[:12]}; "
+          f"image tokenizer {m.image_tokenizer_fingerprint[:12]}")
     if m.stats:
         print("stats " + ", ".join(f"{k}={v}" for k, v in m.stats.items()))
     if not args.verify:

@@ -183,8 +183,8 @@ def convert_cogview_bin(config: BinConfig, log: Callable[[str], None] = print) -
         raise DataError(f"{', '.join(config.files)} hold no rows with text; nothing to write")
     manifest = Manifest(
         task=config.task, seq_len=config.seq_len, dtype=dtype, layout=run.layout.to_dict(),
-        layout_fingerprint=run.layout.fingerprint(), text_tokenizer=run.text.fingerprint(),
-        image_tokenizer=run.image.fingerprint(), shards=shards, stats=totals, settings=settings,
+        layout_fingerprint=run.layout.fingerprint(), text_tokenizer_fingerprint=run.text.fingerprint(),
+        image_tokenizer_fingerprint=run.image.fingerprint(), shards=shards, stats=totals, settings=settings,
         root=os.path.abspath(config.out),
     )
     manifest.save(config.out)

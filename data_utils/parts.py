@@ -135,7 +135,7 @@ def join(manifests: Sequence[Manifest], out: str) -> Manifest:
     settings = first.settings if all(m.settings == first.settings for m in manifests) else \
         {"joined": [m.settings for m in manifests]}
     return Manifest(first.task, first.seq_len, first.dtype, first.layout, first.layout_fingerprint,
-                    first.text_tokenizer, first.image_tokenizer, shards, stats, settings, os.path.abspath(out))
+                    first.text_tokenizer_fingerprint, first.image_tokenizer_fingerprint, shards, stats, settings, os.path.abspath(out))
 
 
 def finish_parts(out: str, count: int, wait: bool, log: Callable[[str], None], poll: float = 2.0) -> Manifest | None:

@@ -277,8 +277,8 @@ def preprocess(config: PreprocessConfig, log: Callable[[str], None] = print) -> 
     shards.sort(key=lambda s: s.name)
     manifest = Manifest(
         task=config.task, seq_len=config.seq_len, dtype=run.dtype, layout=run.layout.to_dict(),
-        layout_fingerprint=run.layout.fingerprint(), text_tokenizer=run.text.fingerprint(),
-        image_tokenizer=run.image.fingerprint(), shards=shards,
+        layout_fingerprint=run.layout.fingerprint(), text_tokenizer_fingerprint=run.text.fingerprint(),
+        image_tokenizer_fingerprint=run.image.fingerprint(), shards=shards,
         stats={**asdict(total), "seconds": round(time.time() - started, 2)}, settings=run.settings(),
         root=os.path.abspath(config.out),
     )

@@ -122,6 +122,11 @@ class ShardInfo:
     samples: int
 
 
+# Manifest fields whose dataset.json key is shorter (the files written so far keep these keys)
+_STORED_KEYS = {"text_tokenizer_fingerprint": "text_tokenizer", "image_tokenizer_fingerprint": "image_tokenizer"}
+_FIELDS = {v: k for k, v in _STORED_KEYS.items()}
+
+
 @dataclass
 class Manifest:
     """What a folder of token shards holds and how it was made (`dataset.json`)."""
@@ -131,8 +136,8 @@ class Manifest:
     dtype: str
     layout: dict[str, int]
     layout_fingerprint: str
-    text_tokenizer: str
-    image_tokenizer: str
+    text_tokenizer_fingerprint: str  # stored as "text_tokenizer"
+    image_tokenizer_fingerprint: str  # stored as "image_tokenizer"
     shards: list[ShardInfo]
     stats: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
@@ -154,7 +159,7 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON content of dataset.json."""
-        data = asdict(self)
+        data = {_STORED_KEYS.get(k, k): v for k, v in asdict(self).items()}
         data.pop("root")
         data["shards"] = [asdict(s) for s in self.shards]
         return {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "num_samples": self.num_samples, **data}
@@ -187,7 +192,7 @@ class Manifest:
                 raise ValueError(f"format is {data.get('format')!r}, not {MANIFEST_FORMAT!r}")
             if data.get("version") != MANIFEST_VERSION:
                 raise ValueError(f"version {data.get('version')} is not {MANIFEST_VERSION}")
-            data = {k: v for k, v in data.items() if k not in ("format", "version", "num_samples")}
+            data = {_FIELDS.get(k, k): v for k, v in data.items() if k not in ("format", "version", "num_samples")}
             data["shards"] = [ShardInfo(**s) for s in data["shards"]]
             return cls(**data, root=file if remote else os.path.dirname(os.path.abspath(file)))
         except (ValueError, TypeError, KeyError) as e:
@@ -201,10 +206,11 @@ class Manifest:
         layout_fingerprint: str | None = None,
         seq_len: int | None = None,
     ) -> None:
-        """Refuse data made with other tokenizers, another id layout or another sequence length."""
+        """Refuse data made with other tokenizers (text_tokenizer, image_tokenizer: the expected fingerprints),
+        another id layout or another sequence length."""
         expected = {
-            "text tokenizer": (text_tokenizer, self.text_tokenizer),
-            "image tokenizer": (image_tokenizer, self.image_tokenizer),
+            "text tokenizer": (text_tokenizer, self.text_tokenizer_fingerprint),
+            "image tokenizer": (image_tokenizer, self.image_tokenizer_fingerprint),
             "token layout": (layout_fingerprint, self.layout_fingerprint),
             "sequence length": (seq_len, self.seq_len),
         }
@@ -217,8 +223,8 @@ class Manifest:
 
     def check_same_tokens(self, other: "Manifest") -> None:
         """Refuse to mix two datasets whose token ids or lengths disagree."""
-        self_ids = (self.text_tokenizer, self.image_tokenizer, self.layout_fingerprint, self.seq_len)
-        other_ids = (other.text_tokenizer, other.image_tokenizer, other.layout_fingerprint, other.seq_len)
+        self_ids = (self.text_tokenizer_fingerprint, self.image_tokenizer_fingerprint, self.layout_fingerprint, self.seq_len)
+        other_ids = (other.text_tokenizer_fingerprint, other.image_tokenizer_fingerprint, other.layout_fingerprint, other.seq_len)
         if self_ids != other_ids:
             raise DataError(
                 f"datasets {self.root} and {other.root} were made with different tokenizers, layouts or "

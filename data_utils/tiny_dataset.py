@@ -41,5 +41,6 @@ def make_tiny_dataset(out: str, n: int = 256, samples_per_shard: int = 32, seed:
                       max_text: int = MAX_TEXT) -> str:
     """Write the dataset into `out` (shards + dataset.json) and return the folder."""
     write_token_dataset(out, records(n, seed, grid, max_text), layout=LAYOUT, seq_len=seq_len(grid, max_text),
-                        samples_per_shard=samples_per_shard, text_tokenizer="tiny-text", image_tokenizer="tiny-image")
+                        samples_per_shard=samples_per_shard, text_tokenizer_fingerprint="tiny-text",
+                        image_tokenizer_fingerprint="tiny-image")
     return out

@@ -63,8 +63,8 @@ def write_token_dataset(
     samples_per_shard: int = 1000,
     prefix: str = "data",
     task: str = "custom",
-    text_tokenizer: str = "",
-    image_tokenizer: str = "",
+    text_tokenizer_fingerprint: str = "",
+    image_tokenizer_fingerprint: str = "",
     settings: dict[str, Any] | None = None,
 ) -> Manifest:
     """Write in-memory token sequences as shards + dataset.json (for tests, tools and fine-tuning sets)."""
@@ -75,7 +75,8 @@ def write_token_dataset(
     shards = [write_shard(out, prefix, i, chunk, seq_len, dtype) for i, chunk in enumerate(_chunks(records, samples_per_shard))]
     manifest = Manifest(
         task=task, seq_len=seq_len, dtype=dtype, layout=layout.to_dict(), layout_fingerprint=layout.fingerprint(),
-        text_tokenizer=text_tokenizer, image_tokenizer=image_tokenizer, shards=shards,
+        text_tokenizer_fingerprint=text_tokenizer_fingerprint, image_tokenizer_fingerprint=image_tokenizer_fingerprint,
+        shards=shards,
         stats={"written": sum(s.samples for s in shards)}, settings=dict(settings or {}), root=os.path.abspath(out),
     )
     manifest.save(out)

@@ -51,7 +51,7 @@ def tokenizer_record(args: Args, manifest: Manifest) -> dict[str, Any]:
     """What the checkpoint records about tokens: layout, fingerprints, and the tokenizer files if given."""
     rec: dict[str, Any] = {
         "layout": manifest.layout, "layout_fingerprint": manifest.layout_fingerprint,
-        "text_fingerprint": manifest.text_tokenizer, "image_fingerprint": manifest.image_tokenizer,
+        "text_fingerprint": manifest.text_tokenizer_fingerprint, "image_fingerprint": manifest.image_tokenizer_fingerprint,
         "num_tokens": TokenLayout.from_dict(manifest.layout).num_tokens, "seq_len": manifest.seq_len,
         "task": manifest.task, "image_size": manifest.settings.get("image_size"),
     }
@@ -62,7 +62,7 @@ def tokenizer_record(args: Args, manifest: Manifest) -> dict[str, Any]:
         from tokenization.text import TextTokenizer
 
         fp = TextTokenizer(args.data.text_tokenizer).fingerprint()
-        if fp != manifest.text_tokenizer:
+        if fp != manifest.text_tokenizer_fingerprint:
             raise DataError(f"the shards were made with another text tokenizer than {args.data.text_tokenizer!r}; "
                             "re-run `cogview preprocess` with it or pass the one the data was made with")
         rec["text"] = os.path.abspath(args.data.text_tokenizer)
@@ -70,7 +70,7 @@ def tokenizer_record(args: Args, manifest: Manifest) -> dict[str, Any]:
         from tokenization.image import ImageTokenizer
 
         fp = ImageTokenizer.from_pretrained(args.data.image_tokenizer).fingerprint()
-        if fp != manifest.image_tokenizer:
+        if fp != manifest.image_tokenizer_fingerprint:
             raise DataError(f"the shards were made with another image tokenizer than {args.data.image_tokenizer!r}; "
                             "re-run `cogview preprocess` with it or pass the one the data was made with")
         rec["image"] = os.path.abspath(args.data.image_tokenizer)
@@ -138,8 +138,8 @@ def _loaders(args: Args, state: ParallelState, train: TrainConfig, manifest: Man
         return None, None, bool(d.valid_data or d.val_shards)
     common = dict(batch_size=train.micro_batch_size, seed=train.seed, num_workers=d.num_workers,
                   shuffle_buffer=d.shuffle_buffer, transform=transform,
-                  layout_fingerprint=manifest.layout_fingerprint, text_tokenizer=manifest.text_tokenizer,
-                  image_tokenizer=manifest.image_tokenizer, seq_len=manifest.seq_len)
+                  layout_fingerprint=manifest.layout_fingerprint, text_tokenizer=manifest.text_tokenizer_fingerprint,
+                  image_tokenizer=manifest.image_tokenizer_fingerprint, seq_len=manifest.seq_len)
     if d.num_workers and torch.cuda.is_available():
         common["multiprocessing_context"] = "spawn"
     train_split = dict(split="train", val_shards=d.val_shards) if d.val_shards else {}

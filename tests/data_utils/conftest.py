@@ -43,7 +43,8 @@ def token_dataset(tmp_path: Path) -> Callable[..., str]:
     def make(n: int = 120, per_shard: int = 10, name: str = "ds", text_fp: str = "text-a", start: int = 0) -> str:
         out = str(tmp_path / name)
         write_token_dataset(out, (make_record(i) for i in range(start, start + n)), layout=LAYOUT, seq_len=SEQ_LEN,
-                            samples_per_shard=per_shard, text_tokenizer=text_fp, image_tokenizer="image-a")
+                            samples_per_shard=per_shard, text_tokenizer_fingerprint=text_fp,
+                            image_tokenizer_fingerprint="image-a")
         return out
 
     return make

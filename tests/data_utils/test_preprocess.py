@@ -70,8 +70,13 @@ def test_round_trip_equals_tokenizer_output(tokenizers, synth_dir, tmp_path):
     assert set(stored) == set(reference) and len(stored) == len(rows) == manifest.num_samples
     for key, seq in reference.items():
         assert stored[key].tolist() == seq.tokens.tolist(), key
-    assert manifest.text_tokenizer == TextTokenizer(tokenizers[0]).fingerprint()
-    assert manifest.image_tokenizer == ImageTokenizer.from_pretrained(tokenizers[1]).fingerprint()
+    assert manifest.text_tokenizer_fingerprint == TextTokenizer(tokenizers[0]).fingerprint()
+    assert manifest.image_tokenizer_fingerprint == ImageTokenizer.from_pretrained(tokenizers[1]).fingerprint()
+    with open(tmp_path / "out" / "dataset.json", encoding="utf-8") as f:
+        on_disk = json.load(f)  # the keys dataset.json has always used
+    assert on_disk["text_tokenizer"] == manifest.text_tokenizer_fingerprint
+    assert on_disk["image_tokenizer"] == manifest.image_tokenizer_fingerprint
+    assert Manifest.load(str(tmp_path / "out")).text_tokenizer_fingerprint == manifest.text_tokenizer_fingerprint
     assert all(s.samples == 16 for s in manifest.shards[:-1]) and manifest.seq_len == 24
     assert not os.path.exists(tmp_path / "out" / pp.PROGRESS_DIR)
 

@@ -42,7 +42,7 @@ def full_length_data(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     out = str(tmp_path_factory.mktemp("data") / "full")
     write_token_dataset(out, records(), layout=LAYOUT, seq_len=SEQ_LEN, samples_per_shard=32,
-                        text_tokenizer="tiny-text", image_tokenizer="tiny-image")
+                        text_tokenizer_fingerprint="tiny-text", image_tokenizer_fingerprint="tiny-image")
     return out
 
 

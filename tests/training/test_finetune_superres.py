@@ -37,7 +37,8 @@ def sr_records(n: int, seed: int) -> Iterator[TokenRecord]:
 
 def make_sr_dataset(out: str, n: int, seed: int = 0) -> str:
     write_token_dataset(out, sr_records(n, seed), layout=LAYOUT, seq_len=SR_SEQ, samples_per_shard=64, task="superres",
-                        text_tokenizer="tiny-text", image_tokenizer="tiny-image", settings={"image_size": HIGH * 4})
+                        text_tokenizer_fingerprint="tiny-text", image_tokenizer_fingerprint="tiny-image",
+                        settings={"image_size": HIGH * 4})
     return out
 
 
