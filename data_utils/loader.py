@@ -17,7 +17,7 @@ from .batch import collate
 from .errors import DataError
 from .remote import shard_file_name
 from .shards import Manifest, TokenSample
-from .stream import Source, StreamSpec, WorkerState, WorkerStream, check_spec
+from .stream import DatasetSource, StreamSpec, WorkerState, WorkerStream, check_spec
 
 STATE_VERSION = 1
 SPLITS = ("all", "train", "val")
@@ -117,8 +117,8 @@ class StreamingLoader:
         dp_rank: int,
         dp_size: int,
         weights: Sequence[float] | None = None,
-        text_tokenizer: str | None = None,
-        image_tokenizer: str | None = None,
+        text_tokenizer_fingerprint: str | None = None,
+        image_tokenizer_fingerprint: str | None = None,
         layout_fingerprint: str | None = None,
         seq_len: int | None = None,
         transform: SampleTransform | None = None,
@@ -131,11 +131,12 @@ class StreamingLoader:
             raise DataError(f"{len(weights)} weights for {len(paths)} datasets; give one weight per dataset")
         manifests = [Manifest.load(p) for p in paths]
         for m in manifests:
-            m.check(text_tokenizer=text_tokenizer, image_tokenizer=image_tokenizer,
+            m.check(text_tokenizer_fingerprint=text_tokenizer_fingerprint,
+                    image_tokenizer_fingerprint=image_tokenizer_fingerprint,
                     layout_fingerprint=layout_fingerprint, seq_len=seq_len)
             manifests[0].check_same_tokens(m)
         sources = tuple(
-            Source.from_manifest(m, split_shards(len(m.shards), config.split, config.val_shards), float(w))
+            DatasetSource.from_manifest(m, split_shards(len(m.shards), config.split, config.val_shards), float(w))
             for m, w in zip(manifests, weights)
         )
         self.config, self.manifests, self.transform = config, manifests, transform
@@ -243,6 +244,6 @@ def build_loader(
     datasets: str | Sequence[str], dp_rank: int, dp_size: int, **kwargs: Any
 ) -> StreamingLoader:
     """A StreamingLoader from LoaderConfig fields, manifest checks and a sample transform as keyword arguments."""
-    check_keys = ("weights", "text_tokenizer", "image_tokenizer", "layout_fingerprint", "seq_len", "transform")
+    check_keys = ("weights", "text_tokenizer_fingerprint", "image_tokenizer_fingerprint", "layout_fingerprint", "seq_len", "transform")
     checks = {k: kwargs.pop(k) for k in check_keys if k in kwargs}
     return StreamingLoader(datasets, LoaderConfig(**kwargs), dp_rank=dp_rank, dp_size=dp_size, **checks)

@@ -201,16 +201,16 @@ class Manifest:
     def check(
         self,
         *,
-        text_tokenizer: str | None = None,
-        image_tokenizer: str | None = None,
+        text_tokenizer_fingerprint: str | None = None,
+        image_tokenizer_fingerprint: str | None = None,
         layout_fingerprint: str | None = None,
         seq_len: int | None = None,
     ) -> None:
-        """Refuse data made with other tokenizers (text_tokenizer, image_tokenizer: the expected fingerprints),
+        """Refuse data made with other tokenizers (the expected fingerprints),
         another id layout or another sequence length."""
         expected = {
-            "text tokenizer": (text_tokenizer, self.text_tokenizer_fingerprint),
-            "image tokenizer": (image_tokenizer, self.image_tokenizer_fingerprint),
+            "text tokenizer": (text_tokenizer_fingerprint, self.text_tokenizer_fingerprint),
+            "image tokenizer": (image_tokenizer_fingerprint, self.image_tokenizer_fingerprint),
             "token layout": (layout_fingerprint, self.layout_fingerprint),
             "sequence length": (seq_len, self.seq_len),
         }

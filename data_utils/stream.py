@@ -37,9 +37,6 @@ class DatasetSource:
         return cls(tuple(paths[i] for i in keep), tuple(manifest.shards[i].samples for i in keep), manifest.seq_len, weight)
 
 
-Source = DatasetSource  # the old name, still imported by data_utils/loader.py
-
-
 @dataclass(frozen=True)
 class StreamSpec:
     """Everything that fixes the order of samples a (rank, worker) stream yields."""

@@ -34,9 +34,9 @@ from megatron_cogview.checkpoint.reshard import (
     target_vocab_size,
 )
 from megatron_cogview.checkpoint.source import (
+    CheckpointSource,
     Log,
     MappedShards,
-    Source,
     check_module,
     load_checkpoint_file,
     rank_files,
@@ -107,7 +107,7 @@ def _finish(out: Path, meta: CheckpointMeta) -> None:
 
 
 # ---- tensor-parallel resharding ---------------------------------------------------------------------
-def target_config(source: Source, target_tp: int) -> ModelConfig:
+def target_config(source: CheckpointSource, target_tp: int) -> ModelConfig:
     """The source's model configuration with the vocabulary re-padded for target_tp (checked to fit)."""
     config = source.config
     check_target_tp(config, target_tp)
@@ -118,7 +118,7 @@ def target_config(source: Source, target_tp: int) -> ModelConfig:
 
 
 def write_resharded(
-    source: Source, out: Path, target_tp: int, log: Log = stderr_log, origin: str | None = None
+    source: CheckpointSource, out: Path, target_tp: int, log: Log = stderr_log, origin: str | None = None
 ) -> CheckpointMeta:
     """Write `source` at tensor-parallel size target_tp under `out` (same iteration); returns the new meta."""
     config = target_config(source, target_tp)
@@ -140,7 +140,7 @@ def write_resharded(
 
 
 def reshard_rank(
-    source: Source, shapes: Shapes, target_tp: int, rank: int, vocab: int
+    source: CheckpointSource, shapes: Shapes, target_tp: int, rank: int, vocab: int
 ) -> dict[str, torch.Tensor]:
     """Output tp rank `rank`'s state dict, built from the memory-mapped input shards."""
     inputs = MappedShards(source)
@@ -155,7 +155,7 @@ def reshard_rank(
 
 
 def reshard(
-    source: Source, save: str | Path, target_tp: int | None = None, log: Log = stderr_log
+    source: CheckpointSource, save: str | Path, target_tp: int | None = None, log: Log = stderr_log
 ) -> CheckpointMeta:
     """Convert `source` to tensor-parallel size target_tp (default: unchanged) as a new checkpoint at `save`.
 
@@ -171,13 +171,13 @@ def reshard(
 
 
 # ---- ZeRO consolidation ---------------------------------------------------------------------------
-def consolidated_rank(source: Source, tp_rank: int) -> dict[str, torch.Tensor]:
+def consolidated_rank(source: CheckpointSource, tp_rank: int) -> dict[str, torch.Tensor]:
     """Full fp32 weights of one tp rank, merged over data-parallel ZeRO shards by DeepSpeed's own reader."""
     return gather_fp32(iteration_dir(source.load, source.iteration), tp_rank, trust_pickle=source.trust_pickle)
 
 
 def consolidate(
-    source: Source,
+    source: CheckpointSource,
     save: str | Path,
     *,
     target_tp: int | None = None,
@@ -208,8 +208,8 @@ def consolidate(
         _finish(stage, meta)
         if stage is out:
             return meta
-        fp32 = Source(load=stage, iteration=source.iteration, files=rank_files(iteration_dir(stage, source.iteration)),
-                      meta=meta, log=log)
+        fp32 = CheckpointSource(load=stage, iteration=source.iteration,
+                                files=rank_files(iteration_dir(stage, source.iteration)), meta=meta, log=log)
         result = write_resharded(fp32, out, tp, log, origin=str(source.load))
         shutil.rmtree(stage)
         return result

@@ -18,7 +18,7 @@ import torch
 from megatron_cogview.checkpoint.convert import staged_dir, target_config
 from megatron_cogview.checkpoint.layout import CheckpointError, CheckpointMeta
 from megatron_cogview.checkpoint.reshard import expected_shapes, reslice_param
-from megatron_cogview.checkpoint.source import Log, MappedShards, Source, stderr_log
+from megatron_cogview.checkpoint.source import CheckpointSource, Log, MappedShards, stderr_log
 from megatron_cogview.config import ModelConfig
 
 WEIGHTS_FILE = "model.safetensors"
@@ -51,7 +51,7 @@ def _header(entries: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: d
     return len(text).to_bytes(8, "little") + text
 
 
-def write_safetensors(source: Source, path: Path, config: ModelConfig, log: Log = stderr_log) -> dict[str, int]:
+def write_safetensors(source: CheckpointSource, path: Path, config: ModelConfig, log: Log = stderr_log) -> dict[str, int]:
     """Stream the full tp=1 model of `source` into a safetensors file; returns crc32 per tensor."""
     shapes = expected_shapes(config, 1)
     inputs = MappedShards(source)
@@ -112,7 +112,7 @@ def _copy_tokenizers(value: Any, key: str, base: Path, out: Path, copied: dict[s
     return value
 
 
-def export_safetensors(source: Source, save: str | Path, log: Log = stderr_log) -> Path:
+def export_safetensors(source: CheckpointSource, save: str | Path, log: Log = stderr_log) -> Path:
     """Export `source` as <save>/model.safetensors + config.json (+ tokenizer files); returns <save>."""
     if source.partitioned:
         raise CheckpointError(f"{source.load} is a ZeRO-3 checkpoint (weights only in the optimizer shards): "

@@ -161,9 +161,6 @@ class CheckpointSource:
         return module
 
 
-Source = CheckpointSource  # the old name, still imported by checkpoint/convert.py and checkpoint/export.py
-
-
 def check_module(module: dict[str, torch.Tensor], shapes: Shapes, path: Path) -> None:
     """CheckpointError unless `module` has exactly the expected keys and shapes."""
     missing = sorted(set(shapes) - set(module))

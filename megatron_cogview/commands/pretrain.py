@@ -138,8 +138,8 @@ def _loaders(args: Args, state: ParallelState, train: TrainConfig, manifest: Man
         return None, None, bool(d.valid_data or d.val_shards)
     common = dict(batch_size=train.micro_batch_size, seed=train.seed, num_workers=d.num_workers,
                   shuffle_buffer=d.shuffle_buffer, transform=transform,
-                  layout_fingerprint=manifest.layout_fingerprint, text_tokenizer=manifest.text_tokenizer_fingerprint,
-                  image_tokenizer=manifest.image_tokenizer_fingerprint, seq_len=manifest.seq_len)
+                  layout_fingerprint=manifest.layout_fingerprint, text_tokenizer_fingerprint=manifest.text_tokenizer_fingerprint,
+                  image_tokenizer_fingerprint=manifest.image_tokenizer_fingerprint, seq_len=manifest.seq_len)
     if d.num_workers and torch.cuda.is_available():
         common["multiprocessing_context"] = "spawn"
     train_split = dict(split="train", val_shards=d.val_shards) if d.val_shards else {}

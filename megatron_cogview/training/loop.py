@@ -10,7 +10,8 @@ import torch
 import torch.distributed as dist
 
 from megatron_cogview.checkpoint.layout import CheckpointMeta
-from megatron_cogview.config import ConfigError, TrainConfig
+from megatron_cogview.config import TrainConfig
+from megatron_cogview.errors import UserError
 from megatron_cogview.model import CogViewModel
 from megatron_cogview.parallel.broadcast import broadcast_batch
 from megatron_cogview.parallel.grad_norm import grad_norm
@@ -19,7 +20,7 @@ from megatron_cogview.training.checkpointing import Resumed, has_checkpoint, loa
 from megatron_cogview.training.engine import loss_scale, min_loss_scale
 from megatron_cogview.training.flops import flops_per_token, peak_tflops
 from megatron_cogview.training.logger import TrainLogger
-from megatron_cogview.training.objective import Objective
+from megatron_cogview.training.objective import LogSlot, Objective, logged_losses
 from megatron_cogview.training.skips import SkipCounter, SkipGate, SkipKind, is_min_loss_scale_error
 
 
@@ -32,8 +33,9 @@ class BatchSource(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-class TrainingAborted(ConfigError):
-    """Training stopped on a condition the user must look at (e.g. repeated non-finite losses)."""
+class TrainingAborted(UserError):
+    """Training stopped on a condition the user must look at (e.g. repeated non-finite losses): a user error,
+    so the command prints one line and exits 2."""
 
 
 class LossScaleAtMinimum(TrainingAborted):
@@ -78,15 +80,14 @@ class Progress:
 class Window:
     """Sums between two log lines (reduced over data-parallel ranks when logged)."""
 
-    sums: torch.Tensor = field(default_factory=lambda: torch.zeros(6, dtype=torch.float64))
+    sums: torch.Tensor = field(default_factory=lambda: torch.zeros(len(LogSlot), dtype=torch.float64))  # by LogSlot
     steps: int = 0
     tokens: int = 0
     flops: int = 0  # model FLOPs of the applied steps, all ranks together
     start: float = field(default_factory=time.perf_counter)
 
-    # sums: [weighted loss, weight, text CE, text count, image CE, image count] (Objective.log_sums)
     def add(self, values: torch.Tensor) -> None:
-        """Accumulate on the values' device: no host sync until the next log line."""
+        """Add one Objective.log_sums vector, on its device: no host sync until the next log line."""
         self.sums = self.sums.to(values.device) + values.double()
 
 
@@ -133,7 +134,7 @@ class Trainer:
         return broadcast_batch(batch, self.state, self.device)
 
     # ---- one step ---------------------------------------------------------------------------
-    def _agree(self, nonfinite: torch.Tensor, stop: bool) -> tuple[bool, bool]:
+    def _agree_on_skip_and_stop(self, nonfinite: torch.Tensor, stop: bool) -> tuple[bool, bool]:
         """All ranks agree on (skip this step, stop now): one all-reduce and one host read per step."""
         flags = torch.stack([nonfinite.to(self.device, torch.float32),
                              torch.tensor(float(stop), device=self.device)])
@@ -167,7 +168,7 @@ class Trainer:
             finite.append(torch.isfinite(loss.detach()))
             keys.append(batch.get("keys", []))
             if micro == gas - 1:
-                skip, stop_now = self._agree(~torch.stack(finite).all(), stop.received is not None)
+                skip, stop_now = self._agree_on_skip_and_stop(~torch.stack(finite).all(), stop.received is not None)
                 if skip and gas == 1:
                     break  # nothing accumulated yet: no backward and no step at all
             self.engine.backward(loss)
@@ -254,9 +255,7 @@ class Trainer:
         values: dict[str, Any] = {
             "consumed_samples": self.progress.consumed_samples,
             "lr": float(self.engine.get_lr()[0]),
-            "loss": float(sums[0] / sums[1]) if sums[1] > 0 else float("nan"),
-            "text_loss": float(sums[2] / sums[3]) if sums[3] > 0 else float("nan"),
-            "image_loss": float(sums[4] / sums[5]) if sums[5] > 0 else float("nan"),
+            **logged_losses(sums),
             "loss_scale": loss_scale(self.engine),
             "grad_norm": float(getattr(self, "_norm", float("nan"))),
             "skipped_steps": self.progress.skipped_steps,

@@ -18,11 +18,31 @@ the weights; the logged text and image losses are unweighted means over the labe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Protocol
 
 import torch
 
 MIN_WEIGHT_SUM = 1e-8  # a batch of padding only divides by this instead of 0
+
+
+class LogSlot(IntEnum):
+    """The slots of the vector Objective.log_sums returns (summed over steps and ranks until a log line)."""
+
+    WEIGHTED_LOSS = 0  # sum of weight x cross-entropy
+    WEIGHT = 1  # sum of the weights
+    TEXT_CE = 2  # cross-entropy sum over the counted text labels
+    TEXT_COUNT = 3
+    IMAGE_CE = 4  # cross-entropy sum over the other counted labels
+    IMAGE_COUNT = 5
+
+
+def logged_losses(sums: torch.Tensor) -> dict[str, float]:
+    """loss, text_loss and image_loss of summed log_sums vectors (host tensor; nan where nothing counted)."""
+    def mean(total: LogSlot, count: LogSlot) -> float:
+        return float(sums[total] / sums[count]) if sums[count] > 0 else float("nan")
+    return {"loss": mean(LogSlot.WEIGHTED_LOSS, LogSlot.WEIGHT), "text_loss": mean(LogSlot.TEXT_CE, LogSlot.TEXT_COUNT),
+            "image_loss": mean(LogSlot.IMAGE_CE, LogSlot.IMAGE_COUNT)}
 
 
 class LabelRanges(Protocol):
@@ -81,11 +101,15 @@ class Objective:
 
     def log_sums(self, total: torch.Tensor, per_token: torch.Tensor, labels: torch.Tensor,
                  weights: torch.Tensor) -> torch.Tensor:
-        """float32 [6]: weighted loss, weight, text CE sum, text count, image CE sum, image count (a label counts
-        when its weight is > 0; "image" is every counted label that is not text)."""
+        """float32 [len(LogSlot)], one value per LogSlot (a label counts when its weight is > 0; "image" is every
+        counted label that is not text)."""
         is_text = self.text_mask(labels)
         counted = weights > 0
         text, image = is_text & counted, ~is_text & counted
         ce = per_token.detach()
-        return torch.stack([total.detach().float(), weights.float().sum(), (ce * text).sum(), text.sum().float(),
-                            (ce * image).sum(), image.sum().float()])
+        slots = {
+            LogSlot.WEIGHTED_LOSS: total.detach().float(), LogSlot.WEIGHT: weights.float().sum(),
+            LogSlot.TEXT_CE: (ce * text).sum(), LogSlot.TEXT_COUNT: text.sum().float(),
+            LogSlot.IMAGE_CE: (ce * image).sum(), LogSlot.IMAGE_COUNT: image.sum().float(),
+        }
+        return torch.stack([slots[s] for s in LogSlot])

@@ -228,12 +228,12 @@ def test_manifest_mismatch_refused(token_dataset):
     a = token_dataset(n=20, per_shard=10, name="a")
     b = token_dataset(n=20, per_shard=10, name="b", text_fp="text-b")
     with pytest.raises(DataError, match="another text tokenizer.*re-run `cogview preprocess`"):
-        build_loader(a, 0, 1, batch_size=2, text_tokenizer="text-b")
+        build_loader(a, 0, 1, batch_size=2, text_tokenizer_fingerprint="text-b")
     with pytest.raises(DataError, match="another sequence length"):
         build_loader(a, 0, 1, batch_size=2, seq_len=1089)
     with pytest.raises(DataError, match="different tokenizers"):
         build_loader([a, b], 0, 1, batch_size=2)
-    build_loader(a, 0, 1, batch_size=2, text_tokenizer="text-a", layout_fingerprint=LAYOUT.fingerprint(), seq_len=SEQ_LEN)
+    build_loader(a, 0, 1, batch_size=2, text_tokenizer_fingerprint="text-a", layout_fingerprint=LAYOUT.fingerprint(), seq_len=SEQ_LEN)
 
 
 def test_state_from_other_setup(token_dataset):

@@ -196,6 +196,6 @@ def test_loader_refuses_data_made_with_another_text_tokenizer(tokenizers, synth_
                                  caption_column="caption")
     theirs = TextTokenizer(other).fingerprint()
     with pytest.raises(DataError, match="another text tokenizer.*re-run `cogview preprocess`"):
-        build_loader(str(tmp_path / "out"), 0, 1, batch_size=2, text_tokenizer=theirs)
+        build_loader(str(tmp_path / "out"), 0, 1, batch_size=2, text_tokenizer_fingerprint=theirs)
     ours = TextTokenizer(tokenizers[0]).fingerprint()
-    build_loader(str(tmp_path / "out"), 0, 1, batch_size=2, text_tokenizer=ours)
+    build_loader(str(tmp_path / "out"), 0, 1, batch_size=2, text_tokenizer_fingerprint=ours)

@@ -75,8 +75,8 @@ def test_one_folder_per_style_and_weighted_mixing(tokenizers, synth_dir, tmp_pat
     assert main(_pre(tokenizers, general, os.path.join(synth_dir, "captions.jsonl"))) == 0
     m = Manifest.load(str(out))
     loader = build_loader([str(general), str(out)], 0, 1, weights=[1.0, 3.0], batch_size=8, seed=0,
-                          layout_fingerprint=m.layout_fingerprint, text_tokenizer=m.text_tokenizer_fingerprint,
-                          image_tokenizer=m.image_tokenizer_fingerprint, seq_len=m.seq_len)
+                          layout_fingerprint=m.layout_fingerprint, text_tokenizer_fingerprint=m.text_tokenizer_fingerprint,
+                          image_tokenizer_fingerprint=m.image_tokenizer_fingerprint, seq_len=m.seq_len)
     keys = [k for _, batch in zip(range(50), loader) for k in batch["keys"]]
     style_share = np.mean([k.split("/", 1)[1] in texts for k in keys])  # loader keys are SHARD/KEY
     assert 0.65 < style_share < 0.85, style_share
