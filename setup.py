@@ -9,10 +9,11 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(
-        include=["megatron_cogview*", "tokenization*", "data_utils*", "finetune*"]
+        include=["megatron_cogview*", "tokenization*", "data_utils*"]
     ),
-    # arguments.py and pretrain_gpt2.py are repo-root shims (`deepspeed pretrain_gpt2.py ...`), not installed modules:
-    # the parser is megatron_cogview.arguments and the entry megatron_cogview.commands.pretrain (`cogview train`).
+    # arguments.py, pretrain_gpt2.py and finetune/ are repo-root shims (`deepspeed pretrain_gpt2.py ...`,
+    # `python -m finetune.style ...`), not installed modules: the parser is megatron_cogview.arguments, the entry
+    # megatron_cogview.commands.pretrain (`cogview train`) and the fine-tuning tasks megatron_cogview.finetune.
     package_data={"megatron_cogview.serve": ["page.html"]},
     install_requires=[
         "torch>=2.1",

@@ -22,8 +22,9 @@ from .stream import DatasetSource, StreamSpec, WorkerState, WorkerStream, check_
 STATE_VERSION = 1
 SPLITS = ("all", "train", "val")
 
-# A per-sample rewrite applied before collate (e.g. finetune/caption_model.py reorders every sequence): a pure
-# function of the sample, so the resume position is that of the stream; picklable for worker processes.
+# A per-sample rewrite applied before collate (e.g. megatron_cogview/finetune/caption_model.py reorders every
+# sequence): a pure function of the sample, so the resume position is that of the stream; picklable for worker
+# processes.
 SampleTransform = Callable[[TokenSample, TokenLayout], TokenSample]
 
 

@@ -1,1 +1,1 @@
-"""finetune: one module per downstream task (preset config + data + the training loop)."""
+"""finetune: repo-root shims (`python -m finetune.NAME`) over megatron_cogview.finetune, one per downstream task."""

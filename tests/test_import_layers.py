@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -11,23 +12,33 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # package prefix -> project prefixes it must not import
 FORBIDDEN: dict[str, tuple[str, ...]] = {
+    # the installed package never imports a repo-root shim (finetune/, arguments.py, pretrain_gpt2.py)
+    "megatron_cogview": ("finetune", "arguments", "pretrain_gpt2"),
     "megatron_cogview.config": ("megatron_cogview.", "tokenization", "data_utils", "deepspeed", "webdataset"),
     "megatron_cogview.parallel": (
         "megatron_cogview.model", "megatron_cogview.training", "megatron_cogview.generation",
-        "megatron_cogview.cli", "megatron_cogview.commands", "tokenization", "data_utils",
+        "megatron_cogview.cli", "megatron_cogview.commands", "megatron_cogview.finetune", "tokenization", "data_utils",
     ),
     "megatron_cogview.model": (
         "megatron_cogview.training", "megatron_cogview.generation", "megatron_cogview.cli",
-        "megatron_cogview.commands", "tokenization", "data_utils",
+        "megatron_cogview.commands", "megatron_cogview.finetune", "tokenization", "data_utils",
     ),
-    "megatron_cogview.training": ("megatron_cogview.generation", "megatron_cogview.cli", "tokenization", "data_utils"),
-    "megatron_cogview.generation": ("megatron_cogview.training", "megatron_cogview.cli", "tokenization", "data_utils"),
+    "megatron_cogview.training": (
+        "megatron_cogview.generation", "megatron_cogview.cli", "megatron_cogview.finetune", "tokenization", "data_utils",
+    ),
+    "megatron_cogview.generation": (
+        "megatron_cogview.training", "megatron_cogview.cli", "megatron_cogview.finetune", "tokenization", "data_utils",
+    ),
     "megatron_cogview.evaluation": (
         "megatron_cogview.training", "megatron_cogview.cli", "megatron_cogview.commands", "megatron_cogview.demo",
+        "megatron_cogview.finetune",
     ),
     "megatron_cogview.serve": (
         "megatron_cogview.training", "megatron_cogview.cli", "megatron_cogview.commands", "megatron_cogview.demo",
+        "megatron_cogview.finetune",
     ),
+    # fine-tuning tasks sit on the pre-training entry; the CLI and the demo run them as subprocess modules
+    "megatron_cogview.finetune": ("megatron_cogview.cli", "megatron_cogview.demo", "megatron_cogview.serve"),
     "tokenization": ("megatron_cogview", "data_utils", "finetune", "arguments", "pretrain_gpt2"),
     "data_utils": ("megatron_cogview", "finetune", "arguments", "pretrain_gpt2"),
 }
@@ -99,6 +110,21 @@ def test_shared_leaf_imports_only_the_standard_library(name: str) -> None:
     for path in (leaf, package_init):
         outside = {n.split(".")[0] for n in imported_modules(path)} - set(sys.stdlib_module_names)
         assert not outside, f"{path.name} imports {sorted(outside)}; the shared leaf must stay dependency-free"
+
+
+def test_installed_package_needs_no_repo_root_shim() -> None:
+    """finetune/ is a repo-root shim package (`python -m finetune.NAME`): setup.py does not install it, and the
+    package never names one of its modules in a string (e.g. the module a demo stage runs), so an installed
+    package works without the repository root on sys.path."""
+    setup = ast.parse((ROOT / "setup.py").read_text(encoding="utf-8"))
+    include = next(ast.literal_eval(k.value) for node in ast.walk(setup) if isinstance(node, ast.Call)
+                   and getattr(node.func, "id", "") == "find_packages" for k in node.keywords if k.arg == "include")
+    assert "megatron_cogview*" in include and not [p for p in include if p.startswith("finetune")]
+    named = [f"{path.relative_to(ROOT)}: {node.value!r}" for path in sorted((ROOT / "megatron_cogview").rglob("*.py"))
+             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+             if isinstance(node, ast.Constant) and isinstance(node.value, str)
+             and re.fullmatch(r"finetune(\.\w+)+", node.value)]
+    assert named == []
 
 
 def test_checker_catches_a_violation(tmp_path: Path) -> None:

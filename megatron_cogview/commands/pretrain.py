@@ -156,7 +156,7 @@ def _loaders(args: Args, state: ParallelState, train: TrainConfig, manifest: Man
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """What a fine-tuning task (finetune/*.py) changes in pre-training; the defaults are pre-training itself."""
+    """What a fine-tuning task (megatron_cogview/finetune/*.py) changes in pre-training; the defaults are pre-training itself."""
 
     sample_transform: SampleTransform | None = None  # each sample in the loader, before collate (picklable)
     objective: Callable[[TokenLayout, float], Objective] | None = None  # (layout, txt_loss_scale) -> loss weights

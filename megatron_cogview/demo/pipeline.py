@@ -207,7 +207,7 @@ def run_demo(out: str | Path, settings: DemoSettings, log: Log = print, *, threa
            (ckpt / "text2image",))
     st.run("caption model for post-selection", lambda: pretrain(
         train_args("image2text", s.caption_iters) + ["--finetune-from", str(ckpt / "text2image")],
-        out / "logs" / "caption.log", log, module="finetune.caption_model"), (ckpt / "image2text",))
+        out / "logs" / "caption.log", log, module="megatron_cogview.finetune.caption_model"), (ckpt / "image2text",))
     st.run("generate + score", lambda: evaluate(out, s, log), (out / "samples",))
     st.run("shapes FID, Caption Loss, 95% CIs", lambda: demo_metrics(out, s, log), (out / "eval",))
     metrics: dict[str, Any] = {}

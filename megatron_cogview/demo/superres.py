@@ -83,7 +83,7 @@ def run_superres(out: Path, settings: Any, log: Log, pretrain: Callable[..., Non
                 "--save", str(ckpt / "superres"), "--load", str(ckpt / "superres"),
                 "--save-interval", str(s.sr_iters), "--finetune-from", str(ckpt / "text2image"),
                 "--text-tokenizer", str(tok / "text.model"), "--image-tokenizer", str(tok / "vqvae")]
-        pretrain(args, out / "logs" / "superres.log", log, module="finetune.super_resolution")
+        pretrain(args, out / "logs" / "superres.log", log, module="megatron_cogview.finetune.super_resolution")
 
     _stage(out, s, 1, "super-resolution shards (16 px -> 32 px codes)", do_shards, (shards,), log)
     _stage(out, s, 2, "fine-tune super-resolution from CogView", do_finetune, (ckpt / "superres",), log)

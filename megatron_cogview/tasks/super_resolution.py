@@ -41,7 +41,7 @@ def sr_grid(tokenizers: dict[str, Any], downsample: int, name: str) -> int:
     task = tokenizers.get("task")
     if task != "superres":
         raise GenerationError(f"checkpoint {name!r} is not a super-resolution model (its training data task is "
-                              f"{task or 'not recorded'}); fine-tune one with finetune/super_resolution.py")
+                              f"{task or 'not recorded'}); fine-tune one with `python -m megatron_cogview.finetune.super_resolution`")
     size = int(tokenizers.get("image_size") or 0)
     if size <= 0 or size % (2 * downsample):
         raise GenerationError(f"checkpoint {name!r} records high-res image size {size}, which the VQ-VAE (downsample "

@@ -1,4 +1,5 @@
-"""finetune/caption_model.py: image-to-text fine-tuning from the text-to-image shards and checkpoint."""
+"""megatron_cogview/finetune/caption_model.py (and its root shim finetune/caption_model.py): image-to-text
+fine-tuning from the text-to-image shards and checkpoint."""
 from __future__ import annotations
 
 import subprocess
@@ -8,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from data_utils.shards import TokenSample
-from finetune.caption_model import image_to_text_sample, to_image_to_text
+from megatron_cogview.finetune.caption_model import image_to_text_sample, to_image_to_text
 from tests.training.data import GRID, LAYOUT, SEQ_LEN, make_dataset, records
 from tests.training.runner import ROOT, base_args, env, losses, train
 from tokenization.unified import split_sequence
@@ -106,8 +107,8 @@ def test_post_selection_prefers_the_true_caption(tmp_path: Path) -> None:
     data = str(tmp_path / "data")
     write_token_dataset(data, _class_records(256, 0), layout=LAYOUT, seq_len=SEQ_LEN, samples_per_shard=64)
     args = base_args(data, str(tmp_path / "cap"), 150, "--log-interval", "50")
-    proc = subprocess.run([sys.executable, "-m", "finetune.caption_model", *args], env=env(), cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "megatron_cogview.finetune.caption_model", *args],
+                          env=env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     model, _ = load_model(tmp_path / "cap", ParallelState.single())
     recs = list(_class_records(24, seed=99))

@@ -1,4 +1,4 @@
-"""finetune/style.py and scripts/finetune_style.sh: the style recipe's defaults, refusal, and a real mixed run."""
+"""megatron_cogview/finetune/style.py and scripts/finetune_style.sh: the style recipe's defaults, refusal, and a real mixed run."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune.style import main, style_argv
+from megatron_cogview.finetune.style import main, style_argv
 from tests.training.data import make_dataset
 from tests.training.runner import ROOT, base_args, env, train
 

@@ -1,4 +1,4 @@
-"""finetune/super_resolution.py: loss weights, restarted positions, and a fine-tune that learns the task."""
+"""megatron_cogview/finetune/super_resolution.py: loss weights, restarted positions, and a fine-tune that learns the task."""
 from __future__ import annotations
 
 import subprocess
@@ -14,7 +14,7 @@ from data_utils.batch import collate
 from data_utils.errors import DataError
 from data_utils.shards import Manifest, TokenSample
 from data_utils.writer import TokenRecord, write_token_dataset
-from finetune.super_resolution import positions_needed, sr_objective, sr_sample
+from megatron_cogview.finetune.super_resolution import positions_needed, sr_objective, sr_sample
 from tests.training.data import LAYOUT, make_dataset
 from tests.training.runner import ROOT, base_args, env, train
 from tokenization.templates import super_resolution, text_to_image
@@ -111,6 +111,6 @@ def test_sr_finetune_lowers_the_high_res_loss(tmp_path: Path) -> None:
     assert rec["task"] == "superres" and rec["image_size"] == HIGH * 4
     # text-to-image data is refused in one line
     bad = base_args(t2i, str(tmp_path / "bad"), 2, "--max-position-embeddings", str(POSITIONS))
-    proc = subprocess.run([sys.executable, "-m", "finetune.super_resolution", *bad], env=env(), cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "megatron_cogview.finetune.super_resolution", *bad], env=env(),
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "--task superres" in proc.stderr and "Traceback" not in proc.stderr
