@@ -91,7 +91,7 @@ def _run_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
-def _styles(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _styles(args: argparse.Namespace):
     """The StyleCaptions the style flags ask for, or None (captions come from the inputs)."""
     from .styles import DEFAULT_TEMPLATE, StyleCaptions
 

@@ -100,8 +100,8 @@ def decode_sample(sample: dict[str, object], seq_len: int) -> TokenSample:
     missing = [f for f in (TOKENS_FIELD, POSITIONS_FIELD) if f not in sample]
     if missing:
         raise ValueError(f"missing fields {missing}")
-    tokens = _npy_load(sample[TOKENS_FIELD]).astype(np.int64)  # type: ignore[arg-type]
-    positions = _npy_load(sample[POSITIONS_FIELD]).astype(np.int64)  # type: ignore[arg-type]
+    tokens = _npy_load(sample[TOKENS_FIELD]).astype(np.int64)
+    positions = _npy_load(sample[POSITIONS_FIELD]).astype(np.int64)
     if tokens.shape != (seq_len,) or positions.shape != (seq_len,):
         raise ValueError(f"sequence shape {tokens.shape}/{positions.shape}, expected ({seq_len},)")
     caption = _text(sample.get(CAPTION_FIELD, b""))
@@ -111,7 +111,7 @@ def decode_sample(sample: dict[str, object], seq_len: int) -> TokenSample:
 
 def _text(value: object) -> str:
     """UTF-8 text from a tar field (bytes) or an already-decoded str."""
-    return value if isinstance(value, str) else bytes(value).decode("utf-8")  # type: ignore[arg-type]
+    return value if isinstance(value, str) else bytes(value).decode("utf-8")
 
 
 @dataclass(frozen=True)

@@ -106,16 +106,16 @@ def _tar_items(path: str) -> Iterator[RawItem]:
         for sample in iter_tar(path):
             key = str(sample["__key__"])
             image_ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
-            caption = bytes(sample.get("txt", b"")).decode("utf-8", errors="replace")  # type: ignore[arg-type]
+            caption = bytes(sample.get("txt", b"")).decode("utf-8", errors="replace")
             if not caption and "json" in sample:
                 try:
-                    caption = str(json.loads(bytes(sample["json"])).get("caption") or "")  # type: ignore[arg-type]
+                    caption = str(json.loads(bytes(sample["json"])).get("caption") or "")
                 except (ValueError, AttributeError):
                     caption = ""
             if image_ext is None:
                 yield RawItem(key, caption, error=f"{path}: sample {key!r} has no image file")
             else:
-                yield RawItem(key, caption, image_bytes=bytes(sample[image_ext]))  # type: ignore[arg-type]
+                yield RawItem(key, caption, image_bytes=bytes(sample[image_ext]))
     except ShardReadError as e:
         yield RawItem(f"{e.key or 'tail'}_broken", "", error=str(e))
 

@@ -57,11 +57,11 @@ def read_tar(path: str, want: Callable[[str], bool]) -> Iterator[tuple[str, byte
 def _decompressor(magic: bytes) -> Callable[[BinaryIO], BinaryIO] | None:
     """The reader of a gzip, bzip2 or xz/lzma stream (detected as tarfile's "r|*" does), None for a plain tar."""
     if magic.startswith(b"\x1f\x8b\x08"):
-        return lambda f: gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
+        return lambda f: gzip.GzipFile(fileobj=f, mode="rb")
     if magic[0:3] == b"BZh" and magic[4:10] == b"1AY&SY":
-        return lambda f: bz2.BZ2File(f, "rb")  # type: ignore[return-value]
+        return lambda f: bz2.BZ2File(f, "rb")
     if magic.startswith((b"\x5d\x00\x00\x80", b"\xfd7zXZ")):
-        return lambda f: lzma.LZMAFile(f, "rb")  # type: ignore[return-value]
+        return lambda f: lzma.LZMAFile(f, "rb")
     return None
 
 

@@ -104,7 +104,7 @@ def _run_train_vqvae(args: argparse.Namespace) -> int:
 
     config = _config_from_args(args)
     options = TrainOptions(**flag_values(TrainOptions, args))
-    train_vqvae(config, options, log=lambda line: print(line, flush=True))  # type: ignore[arg-type]
+    train_vqvae(config, options, log=lambda line: print(line, flush=True))
     return 0
 
 

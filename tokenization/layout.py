@@ -89,23 +89,23 @@ class TokenLayout:
 
     def is_image(self, ids: Ids) -> Ids:
         """Elementwise: is the id an image code? (numpy arrays, torch tensors or ints)"""
-        return (ids >= self.image_offset) & (ids < self.text_offset)  # type: ignore[operator]
+        return (ids >= self.image_offset) & (ids < self.text_offset)
 
     def is_text(self, ids: Ids) -> Ids:
         """Elementwise: is the id a text piece?"""
-        return (ids >= self.text_offset) & (ids < self.command_offset)  # type: ignore[operator]
+        return (ids >= self.text_offset) & (ids < self.command_offset)
 
     def is_command(self, ids: Ids) -> Ids:
         """Elementwise: is the id a command token?"""
-        return (ids >= self.command_offset) & (ids < self.num_tokens)  # type: ignore[operator]
+        return (ids >= self.command_offset) & (ids < self.num_tokens)
 
     def text_id(self, piece_id: Ids) -> Ids:
         """Global id of a raw SentencePiece id (elementwise)."""
-        return piece_id + self.text_offset  # type: ignore[operator]
+        return piece_id + self.text_offset
 
     def image_id(self, code: Ids) -> Ids:
         """Global id of a raw VQ-VAE code (elementwise)."""
-        return code + self.image_offset  # type: ignore[operator]
+        return code + self.image_offset
 
     def to_dict(self) -> dict[str, int]:
         """Plain JSON-able dict of the fields."""

@@ -28,7 +28,7 @@ class TemplateSequence:
 def _as_ids(values: IdsLike, name: str) -> np.ndarray:
     """Flatten ids (list, numpy or torch; any shape, row-major) to int64 [n]."""
     if hasattr(values, "detach"):
-        values = values.detach().cpu().numpy()  # type: ignore[union-attr]
+        values = values.detach().cpu().numpy()
     array = np.asarray(values)
     if array.size == 0:
         return np.zeros(0, dtype=np.int64)

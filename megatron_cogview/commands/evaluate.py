@@ -46,7 +46,7 @@ def _checkpoint_id(path: str) -> str:
     return f"{Path(path).resolve()}#{stamp}"
 
 
-def _extractor(args: argparse.Namespace, out: Path, image_size: int):  # type: ignore[no-untyped-def]
+def _extractor(args: argparse.Namespace, out: Path, image_size: int):
     if args.features == "inception":
         from megatron_cogview.evaluation.inception import WEIGHTS_SOURCE, InceptionFeatures
 
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     model, tok = load_for_generation(args, args.load)
     caption = load_for_generation(args, args.caption_model)[0] if args.caption_model else None
-    size = tok.image.image_size  # type: ignore[union-attr]
+    size = tok.image.image_size
     refs = read_references(args.data, size, max_captions=args.max_captions or None,
                            max_references=args.max_references or None)
     extractor = _extractor(args, out, size)

@@ -78,7 +78,7 @@ def _device(name: str) -> Any:
     return torch.device(name)
 
 
-def load_for_generation(args: argparse.Namespace, load: str):  # type: ignore[no-untyped-def]
+def load_for_generation(args: argparse.Namespace, load: str):
     """(model, unified tokenizer) of a checkpoint, checking the tokenizers against what it was trained with."""
     from megatron_cogview.checkpoint.load import load_model
     from megatron_cogview.parallel import ParallelState

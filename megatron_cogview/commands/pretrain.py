@@ -130,7 +130,7 @@ def _check_resume_tokens(load: str, rec: dict[str, Any], data_fp: str) -> None:
                             f"({key.replace('_', ' ')} differs); use data made with the checkpoint's tokenizers")
 
 
-def _loaders(args: Args, state: ParallelState, train: TrainConfig, manifest: Manifest,  # type: ignore[no-untyped-def]
+def _loaders(args: Args, state: ParallelState, train: TrainConfig, manifest: Manifest,
              transform: SampleTransform | None = None):
     """Train and validation sources on tp rank 0 (peers get broadcasts)."""
     d = args.data

@@ -34,7 +34,7 @@ def register(tasks: argparse._SubParsersAction, common: Callable[[argparse.Argum
     p.set_defaults(func=run_super_resolution)
 
 
-def load_sr(args: argparse.Namespace, load: str):  # type: ignore[no-untyped-def]
+def load_sr(args: argparse.Namespace, load: str):
     """The SRModel of a checkpoint (one clear error if it is not a super-resolution model)."""
     from megatron_cogview.checkpoint.layout import read_meta
     from megatron_cogview.commands.generate import load_for_generation
@@ -78,7 +78,7 @@ def run_super_resolution(args: argparse.Namespace) -> int:
     batch = codes.repeat_interleave(n, dim=0)
     seeds = [sample_seed(args.seed, f"{i}:{name}", j) for i, name in enumerate(names) for j in range(n)]
     high = super_resolve(sr, [args.prompt] * len(batch), batch, config, seeds, args.mode, _stderr, args.order)
-    pictures = sr.tokenizer.image.decode(high)  # type: ignore[union-attr]
+    pictures = sr.tokenizer.image.decode(high)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with (out / "superres.jsonl").open("a", encoding="utf-8") as f:
@@ -93,7 +93,7 @@ def run_super_resolution(args: argparse.Namespace) -> int:
     return 0
 
 
-def prepare_chain(args: argparse.Namespace, tok: Any):  # type: ignore[no-untyped-def]
+def prepare_chain(args: argparse.Namespace, tok: Any):
     """The SR model of `--super-resolution` (None without it), checked against the text-to-image model first."""
     from megatron_cogview.generation import GenerationError
 

@@ -29,7 +29,7 @@ def demo_metrics(out: Path, settings: Any, log: Log) -> dict[str, Any]:
         captions = list(dict.fromkeys(r["prompt"] for r in records))
         combos = [synthetic_combination(c) for c in captions]
         rows = score(draws_from_records(records, folder, captions), settings.rerank_group, real,
-                     net if group == "heldout" else None, RADII, combos,  # type: ignore[arg-type]
+                     net if group == "heldout" else None, RADII, combos,
                      lambda im: check_image(im).combination)
         results[group] = {"captions": len(captions), "draws_per_caption": settings.samples_per_prompt, "rows": rows}
         one, best = rows["one_sample"], rows.get("reranked", rows["one_sample"])

@@ -50,7 +50,7 @@ def random_inception_weights(path: str | Path, seed: int = 0) -> Path:
     """Write a randomly initialised state dict with the FID Inception's shapes (for benchmarks and tests)."""
     cls = _inception_class()
 
-    class _Random(cls):  # type: ignore[misc, valid-type]
+    class _Random(cls):
         def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:  # keep the random init
             return None
 

@@ -30,7 +30,7 @@ class References:
 
 def synthetic_combination(caption: str) -> Combination | None:
     """The (colour, shape, position) a built-in synthetic caption (English or Chinese) describes, else None."""
-    table = {caption_for(*c, lang=lang): c for c in all_combinations() for lang in LANGS}  # type: ignore[misc]
+    table = {caption_for(*c, lang=lang): c for c in all_combinations() for lang in LANGS}
     return table.get(caption.strip())
 
 

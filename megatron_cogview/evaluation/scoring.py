@@ -63,7 +63,7 @@ def select_sets(draws: Sequence[Draw], rerank: int) -> dict[str, list[Draw]]:
     ordered = [sorted(g, key=lambda d: d.sample) for _, g in sorted(groups.items())]
     sets = {"one_sample_first": [g[0] for g in ordered], "one_sample_all": sorted(draws, key=lambda d: (d.caption, d.sample))}
     if rerank > 1 and all(d.caption_loss is not None for d in draws):
-        sets["reranked"] = [min(g, key=lambda d: (d.caption_loss, d.sample)) for g in ordered]  # type: ignore[arg-type, return-value]
+        sets["reranked"] = [min(g, key=lambda d: (d.caption_loss, d.sample)) for g in ordered]
     return sets
 
 

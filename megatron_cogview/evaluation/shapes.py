@@ -80,7 +80,7 @@ def train_shapes_net(image_size: int = 32, steps: int = 300, batch: int = 64, se
         _, logits = net(x)
         loss = sum(nn.functional.cross_entropy(lg, y[:, k]) for k, lg in enumerate(logits))
         opt.zero_grad()
-        loss.backward()  # type: ignore[union-attr]
+        loss.backward()
         opt.step()
         if (step + 1) % max(1, steps // 4) == 0:
             log(f"shapes extractor step {step + 1}/{steps}: loss {float(loss.detach()):.3f}")

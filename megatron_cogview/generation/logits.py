@@ -25,8 +25,8 @@ class IdRanges:
     def of(cls, ranges: Sequence[tuple[int, int]] | tuple[int, int], vocab_size: int) -> "IdRanges":
         """Validated ranges (one pair or a list of pairs) inside [0, vocab_size)."""
         if len(ranges) == 2 and all(isinstance(x, int) for x in ranges):
-            ranges = [ranges]  # type: ignore[list-item]
-        pairs = tuple((int(s), int(e)) for s, e in ranges)  # type: ignore[misc]
+            ranges = [ranges]
+        pairs = tuple((int(s), int(e)) for s, e in ranges)
         require(len(pairs) > 0, "allowed id ranges are empty; pass at least one [start, end) range")
         for s, e in pairs:
             require(0 <= s < e <= vocab_size, f"id range [{s}, {e}) is empty or outside the vocabulary [0, {vocab_size})")

@@ -57,7 +57,7 @@ class CogViewModel(nn.Module):
         self.validate_inputs = True
         self.loss_chunk_elements = DEFAULT_CHUNK_ELEMENTS  # logits elements per chunk of the fused loss
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn, recurse=True):
         """.to() / .cuda() / .half(): the RNG tracker follows the parameters to their device."""
         out = super()._apply(fn, recurse)
         device = self.word_embeddings.weight.device
@@ -152,7 +152,7 @@ class CogViewModel(nn.Module):
             max_len or c.max_position_embeddings, c.head_dim, device=ref.device, dtype=dtype or ref.dtype,
         )
 
-    def set_checkpoint_fn(self, fn) -> None:  # type: ignore[no-untyped-def]
+    def set_checkpoint_fn(self, fn) -> None:
         """Use `fn` (e.g. deepspeed.checkpointing.checkpoint) for activation checkpointing."""
         self.transformer.checkpoint_fn = fn
 

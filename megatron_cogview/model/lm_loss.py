@@ -42,7 +42,7 @@ def _grad_scale(loss_weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 class _FusedLMLoss(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx,
         hidden: torch.Tensor,  # [n, h]
         weight: torch.Tensor,  # [V/tp, h]
@@ -98,7 +98,7 @@ class _FusedLMLoss(torch.autograd.Function):
         return total, losses
 
     @staticmethod
-    def backward(ctx, grad_total: torch.Tensor, _grad_losses: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad_total: torch.Tensor, _grad_losses: torch.Tensor):
         grad_hidden, grad_weight = ctx.saved_tensors
         gh = grad_hidden * grad_total.to(grad_hidden.dtype)
         gw = (grad_weight * grad_total.float()).to(ctx.weight_dtype)

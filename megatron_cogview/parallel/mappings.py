@@ -55,44 +55,44 @@ def _gather_last_dim(x: torch.Tensor, group: Group) -> torch.Tensor:
 
 class _CopyToRegion(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, group: Group) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, group: Group) -> torch.Tensor:
         ctx.group = group
         return x
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor):
         return all_reduce(grad.clone(), ctx.group), None
 
 
 class _ReduceFromRegion(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, group: Group) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, group: Group) -> torch.Tensor:
         return all_reduce(x.clone(), group)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor):
         return grad, None
 
 
 class _ScatterToRegion(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, group: Group) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, group: Group) -> torch.Tensor:
         ctx.group = group
         return _split_last_dim(x, group)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor):
         return _gather_last_dim(grad, ctx.group), None
 
 
 class _GatherFromRegion(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, group: Group) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, group: Group) -> torch.Tensor:
         ctx.group = group
         return _gather_last_dim(x, group)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor):
         return _split_last_dim(grad, ctx.group), None
 
 

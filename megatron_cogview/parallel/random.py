@@ -127,7 +127,7 @@ def replay_rng(fn: Callable[..., T], tracker: RNGTracker | None) -> Callable[...
         return fn
     snapshot: list[dict[str, torch.Tensor]] = []
 
-    def wrapped(*args):  # type: ignore[no-untyped-def]
+    def wrapped(*args):
         if not snapshot:
             snapshot.append(tracker.get_states())
             return fn(*args)

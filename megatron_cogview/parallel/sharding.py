@@ -42,10 +42,10 @@ def mark_sharded(param: torch.Tensor, sharding: Sharding) -> None:
     """Tag a parameter with how it is split (plus the Megatron/DeepSpeed attribute names derived from it)."""
     if not sharding.sharded:
         raise ValueError("only sharded parameters are tagged; replicated ones carry no sharding")
-    param.sharding = sharding  # type: ignore[attr-defined]
-    param.tensor_model_parallel = True  # type: ignore[attr-defined]
-    param.partition_dim = sharding.dim  # type: ignore[attr-defined]
-    param.partition_stride = sharding.stride  # type: ignore[attr-defined]
+    param.sharding = sharding
+    param.tensor_model_parallel = True
+    param.partition_dim = sharding.dim
+    param.partition_stride = sharding.stride
 
 
 def sharding_of(param: torch.Tensor) -> Sharding:

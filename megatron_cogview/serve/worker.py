@@ -86,7 +86,7 @@ class Worker:
 
     @property
     def grid(self) -> int:
-        return self.tokenizer.image.grid_size  # type: ignore[union-attr]
+        return self.tokenizer.image.grid_size
 
     def submit(self, request: ImageRequest) -> Job:
         """Queue a request; returns its job at once."""
@@ -158,7 +158,7 @@ class Worker:
         layout = tok.layout
         image_range = (layout.image_offset, layout.image_offset + layout.num_image_tokens)
         codes = generate_image_codes(self.model, prompts, grid * grid, image_range, config, seeds, progress).cpu()
-        pictures = tok.image.decode(codes.view(-1, grid, grid))  # type: ignore[union-attr]
+        pictures = tok.image.decode(codes.view(-1, grid, grid))
         by_job: dict[str, list[int]] = {}
         for row, (job, _) in enumerate(owners):
             by_job.setdefault(job.id, []).append(row)
@@ -185,7 +185,7 @@ class Worker:
         config = GenerationConfig(top_k=20, seed=seed)
         with self._lock:
             texts = caption_images(model, tok, [image], config, num_samples=num_captions)[0]
-            codes = tok.image.encode([image])  # type: ignore[union-attr]
+            codes = tok.image.encode([image])
             texts = [t for t in dict.fromkeys(texts) if tok.encode_text(t)]
             if not texts:
                 return []

@@ -40,7 +40,7 @@ def caption_images(
     """num_samples captions per image (PIL images, or raw code grids [b, h, w]); sampling stops at stop_tokens."""
     if tokenizer.image is None and not isinstance(images, torch.Tensor):
         raise GenerationError("captioning PIL images needs a UnifiedTokenizer with an image tokenizer")
-    codes = images if isinstance(images, torch.Tensor) else tokenizer.image.encode(list(images))  # type: ignore[union-attr]
+    codes = images if isinstance(images, torch.Tensor) else tokenizer.image.encode(list(images))
     layout = tokenizer.layout
     prompts = [image_to_text_prompt(layout, c).tokens.tolist() for c in codes for _ in range(num_samples)]
     room = model.config.max_position_embeddings - len(prompts[0])

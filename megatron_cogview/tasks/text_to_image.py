@@ -109,7 +109,7 @@ def _generate_group(
     model: CogViewModel, tokenizer: UnifiedTokenizer, group: list[PromptLine], n: int, config: GenerationConfig,
     out: Path, caption_model: CogViewModel | None, keep: int | None, log: Log, *, keep_codes: bool = False,
 ) -> list[dict]:
-    layout, grid = tokenizer.layout, tokenizer.image.grid_size  # type: ignore[union-attr]
+    layout, grid = tokenizer.layout, tokenizer.image.grid_size
     num_codes = grid * grid
     max_len = TEXT_TO_IMAGE.text_budget(model.config.max_position_embeddings, num_codes)
     records: list[dict] = []
@@ -130,7 +130,7 @@ def _generate_group(
     codes = codes.view(len(ok), n, num_codes)
     order, losses = _select(caption_model, tokenizer, ok, codes, keep, config)
     for p, (line, _, cut) in enumerate(ok):
-        images = tokenizer.image.decode(codes[p].view(n, grid, grid)) if model.state.tp_rank == 0 else []  # type: ignore[union-attr]
+        images = tokenizer.image.decode(codes[p].view(n, grid, grid)) if model.state.tp_rank == 0 else []
         folder = out / line.id
         if model.state.tp_rank == 0:
             folder.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ def use_cpu_accelerator() -> bool:
     return os.environ.get("DS_ACCELERATOR") == "cpu"
 
 
-def _deepspeed():  # type: ignore[no-untyped-def]
+def _deepspeed():
     """Import deepspeed after choosing the accelerator, keeping its C++ comm op out of the way on CPU."""
     cpu = use_cpu_accelerator()
     import deepspeed
@@ -194,7 +194,7 @@ def check_precision(train: TrainConfig) -> None:
         raise ConfigError("fp16 needs a CUDA GPU; on CPU use --precision bf16 (or fp32)")
 
 
-def create_engine(model: CogViewModel, state: ParallelState, train: TrainConfig, ds_config: dict[str, Any]):  # type: ignore[no-untyped-def]
+def create_engine(model: CogViewModel, state: ParallelState, train: TrainConfig, ds_config: dict[str, Any]):
     """deepspeed.initialize with our AdamW + LRSchedule and the ParallelState as mpu."""
     check_precision(train)
     if train.zero_stage == 3 and state.tp_size > 1:
@@ -221,7 +221,7 @@ def create_engine(model: CogViewModel, state: ParallelState, train: TrainConfig,
     return engine, schedule
 
 
-def loss_scale(engine) -> float:  # type: ignore[no-untyped-def]
+def loss_scale(engine) -> float:
     """Current fp16 loss scale (1.0 when there is none)."""
     opt = getattr(engine, "optimizer", None)
     config = getattr(opt, "loss_scale_config", None)  # DeepSpeed's fp16 optimizers keep the live scale here
@@ -229,7 +229,7 @@ def loss_scale(engine) -> float:  # type: ignore[no-untyped-def]
     return float(value) if value else 1.0
 
 
-def min_loss_scale(engine) -> float:  # type: ignore[no-untyped-def]
+def min_loss_scale(engine) -> float:
     """The fp16 loss scaler's floor (1.0 when there is none)."""
     opt = getattr(engine, "optimizer", None)
     scaler = getattr(opt, "loss_scaler", None)

@@ -31,7 +31,7 @@ class GatedAdamW(torch.optim.AdamW):
         super().__init__(params, **kwargs)
         self.gate = gate
 
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         if self.gate.skip:
             return None
         return super().step(closure)

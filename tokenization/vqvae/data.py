@@ -60,7 +60,7 @@ def _tar_members(path: Path) -> list[ImageSource]:
                 directory, _, base = member.name.rpartition("/")
                 key, _, ext = base.partition(".")  # webdataset: the key ends at the first dot
                 if ext.lower() in IMAGE_EXTENSIONS and (directory, key) not in seen:
-                    seen.add((directory, key))  # type: ignore[arg-type]
+                    seen.add((directory, key))
                     out.append(ImageSource(str(path), member.offset_data, member.size))
     except tarfile.TarError as e:
         raise TokenizationError(f"cannot read tar {str(path)!r} ({e}); is it a complete, uncompressed tar?") from e
