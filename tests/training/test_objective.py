@@ -95,3 +95,15 @@ def test_target_token_weighs_the_target_segment_one(txt: float, low: float) -> N
     ref = [reference_weight(int(x), txt, low, after_target=i >= boi2) for i, x in enumerate(labels[0])]
     assert torch.equal(objective.weights(tokens, labels), torch.from_numpy(np.array([ref])))
     assert objective.weights(tokens, labels)[0, boi2:].tolist() == [1.0] * 4 + [0.0, 0.0]  # 3 codes, [EOI2], pads
+
+
+def test_logged_losses_read_the_named_slots() -> None:
+    from megatron_cogview.training.objective import LogSlot, logged_losses
+
+    sums = torch.zeros(len(LogSlot), dtype=torch.float64)
+    sums[LogSlot.WEIGHTED_LOSS], sums[LogSlot.WEIGHT] = 6.0, 4.0
+    sums[LogSlot.TEXT_CE], sums[LogSlot.TEXT_COUNT] = 3.0, 2.0
+    assert [int(s) for s in LogSlot] == list(range(6))  # log_sums stacks the values in this order
+    losses = logged_losses(sums)
+    assert losses["loss"] == 1.5 and losses["text_loss"] == 1.5
+    assert np.isnan(losses["image_loss"])  # no image label counted

@@ -162,3 +162,14 @@ def test_bf16_configs_check_gradients_for_overflow() -> None:
     assert shipped["bf16"]["check_grad_overflow"] is True
     off = build_ds_config(TrainConfig(precision="bf16"), {"bf16": {"enabled": True, "check_grad_overflow": False}})
     assert off["bf16"]["check_grad_overflow"] is False  # the user's JSON is respected
+
+
+def test_training_aborted_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from megatron_cogview.errors import exit_on_user_error
+    from megatron_cogview.training.loop import LossScaleAtMinimum, TrainingAborted
+
+    for error in (TrainingAborted, LossScaleAtMinimum):
+        def body() -> None:
+            raise error("3 consecutive steps were skipped")
+        assert exit_on_user_error("cogview train", body) == 2
+        assert capsys.readouterr().err == "cogview train: error: 3 consecutive steps were skipped\n"
