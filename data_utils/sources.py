@@ -10,6 +10,7 @@ from typing import Iterator, Sequence
 from tokenization.image_files import IMAGE_EXTENSIONS, is_image_name
 
 from .errors import DataError
+from .image_sources import walk_images
 from .wds import ShardReadError, iter_tar
 
 CAPTION_KEYS = ("caption", "text", "txt", "prompt")
@@ -87,11 +88,7 @@ def _prepend(first: list[str], rows: Iterator[list[str]]) -> Iterator[list[str]]
 
 def _folder_items(folder: str) -> Iterator[RawItem]:
     """Images under a folder (sorted, recursive) with captions in same-name .txt files."""
-    found: list[str] = []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        found += [os.path.join(root, f) for f in sorted(files) if is_image_name(f)]
-    for path in found:
+    for path in walk_images(folder):
         stem = os.path.splitext(path)[0]
         caption = ""
         if os.path.exists(stem + ".txt"):

@@ -18,7 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "megatron_cogview.commands.convert",
     "megatron_cogview.commands.serve",
     "megatron_cogview.commands.evaluate",
-    "tokenization.cli",
+    "megatron_cogview.commands.tokenizer",
     "data_utils.cli",
 )
 

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Callable
 
 from megatron_cogview.dataclass_flags import add_flags, cli_fields, flag_values
 from tokenization.errors import TokenizationError
 
+RunCommand = Callable[[argparse.Namespace], int]
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `tokenizer` subcommand (train-text, train-vqvae, import-vqvae) to the `cogview` parser."""
+
+def register(subparsers: argparse._SubParsersAction, run_train_vqvae: RunCommand | None = None) -> None:
+    """Add the `tokenizer` subcommand (train-text, train-vqvae, import-vqvae) to the `cogview` parser.
+
+    train-vqvae runs `run_train_vqvae` (megatron_cogview/commands/tokenizer.py: it lists the --data images with
+    data_utils, which this package does not import); without one that action only parses its flags."""
     parser = subparsers.add_parser("tokenizer", help="train the text (SentencePiece) and image (VQ-VAE) tokenizers")
     sub = parser.add_subparsers(dest="tokenizer_command", metavar="ACTION")
     parser.set_defaults(func=lambda args: _help(parser))
     _add_train_text(sub)
-    _add_train_vqvae(sub)
+    _add_train_vqvae(sub, run_train_vqvae or _no_image_reader)
     _add_import_vqvae(sub)
 
 
@@ -67,7 +73,7 @@ def _run_train_text(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_train_vqvae(sub: argparse._SubParsersAction) -> None:
+def _add_train_vqvae(sub: argparse._SubParsersAction, run: RunCommand) -> None:
     p = sub.add_parser(
         "train-vqvae", help="train a VQ-VAE image tokenizer on a folder, an image list or webdataset tars"
     )
@@ -76,7 +82,7 @@ def _add_train_vqvae(sub: argparse._SubParsersAction) -> None:
     add_flags(p, TrainOptions)
     model = p.add_argument_group("model (defaults: CogView's; ignored flags must match the checkpoint when resuming)")
     add_flags(model, VQVAEConfig, show_defaults=True, defaults={f.name: None for f in cli_fields(VQVAEConfig)})
-    p.set_defaults(func=_run_train_vqvae)
+    p.set_defaults(func=run)
 
 
 def _config_from_args(args: argparse.Namespace) -> "object":
@@ -98,14 +104,8 @@ def _config_from_args(args: argparse.Namespace) -> "object":
     return saved
 
 
-def _run_train_vqvae(args: argparse.Namespace) -> int:
-    from tokenization.vqvae.config import TrainOptions
-    from tokenization.vqvae.train import train_vqvae
-
-    config = _config_from_args(args)
-    options = TrainOptions(**flag_values(TrainOptions, args))
-    train_vqvae(config, options, log=lambda line: print(line, flush=True))
-    return 0
+def _no_image_reader(args: argparse.Namespace) -> int:
+    raise TokenizationError("train-vqvae needs the image readers of data_utils; run it as `cogview tokenizer train-vqvae`")
 
 
 def _add_import_vqvae(sub: argparse._SubParsersAction) -> None:

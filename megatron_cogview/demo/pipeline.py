@@ -161,6 +161,7 @@ def run_demo(out: str | Path, settings: DemoSettings, log: Log = print, *, threa
                              seed=s.seed)
 
     def do_vqvae() -> None:
+        from data_utils.image_sources import find_images
         from tokenization.vqvae.config import VQVAEConfig
         from tokenization.vqvae.train import TrainOptions, train_vqvae
 
@@ -171,7 +172,7 @@ def run_demo(out: str | Path, settings: DemoSettings, log: Log = print, *, threa
         opts = TrainOptions(data=[str(synth / "images")], out=vq_dir, steps=s.vq_steps, batch_size=s.vq_batch,
                             lr=2e-3, warmup_steps=min(100, s.vq_steps // 10), workers=0, save_every=10**9,
                             log_every=max(1, s.vq_steps // 6), seed=s.seed, resume=(vq_dir / "checkpoint.pt").exists())
-        train_vqvae(cfg, opts, log=lambda m: log("    " + m))
+        train_vqvae(cfg, opts, find_images(opts.data), log=lambda m: log("    " + m))
 
     def seq_len() -> int:
         caps = [json.loads(x)["caption"] for x in (synth / "captions.jsonl").read_text().splitlines()]

@@ -5,9 +5,9 @@ import io
 import tarfile
 from pathlib import Path
 
+from data_utils.image_sources import find_images
 from data_utils.sources import iter_inputs
 from tokenization.image_files import IMAGE_EXTENSIONS, is_image_name
-from tokenization.vqvae.data import find_images
 
 NAMES = [f"a{i}.{ext}" for i, ext in enumerate(IMAGE_EXTENSIONS)] + ["UPPER.JPG", "notes.txt", "meta.json", "png", "x.tar.gz"]
 

@@ -62,6 +62,7 @@ def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained_vqvae(tmp_path_factory: pytest.TempPathFactory, shapes_dir: Path) -> Path:
     """A tiny VQ-VAE trained for 400 steps on shapes (about 5-10 s on 2 cores)."""
+    from data_utils.image_sources import find_images
     from tokenization.vqvae.train import TrainOptions, train_vqvae
 
     torch.set_num_threads(1)  # 2 threads on 2 shared cores can be 10x slower (spin-waiting)
@@ -70,5 +71,5 @@ def trained_vqvae(tmp_path_factory: pytest.TempPathFactory, shapes_dir: Path) ->
         data=[str(shapes_dir)], out=out, steps=400, batch_size=16, lr=2e-3, warmup_steps=0,
         workers=0, save_every=400, log_every=100, progress=False,
     )  # fmt: skip
-    train_vqvae(tiny_vqvae_config(), options, log=lambda line: None)
+    train_vqvae(tiny_vqvae_config(), options, find_images(options.data), log=lambda line: None)
     return out

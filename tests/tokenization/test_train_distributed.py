@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from data_utils.image_sources import find_images
 from tests.distributed import run_distributed
 from tests.tokenization.conftest import tiny_vqvae_config
 from tokenization.vqvae.train import TrainOptions, train_vqvae
@@ -25,7 +26,7 @@ def _config():  # noqa: ANN202
 
 
 def _rank(rank: int, world: int, data: str, root: str) -> None:
-    result = train_vqvae(_config(), _options(data, Path(root) / "ddp", 4), log=lambda s: None)
+    result = train_vqvae(_config(), _options(data, Path(root) / "ddp", 4), find_images([data]), log=lambda s: None)
     assert result.model is not None and result.model.quantizer.distributed
     torch.save({k: v.detach().cpu() for k, v in result.model.state_dict().items()}, Path(root) / f"rank{rank}.pt")
 
@@ -33,7 +34,9 @@ def _rank(rank: int, world: int, data: str, root: str) -> None:
 @pytest.mark.slow
 def test_two_ranks_equal_one_process_with_double_batch(shapes_dir: Path, tmp_path: Path) -> None:
     run_distributed(_rank, 2, str(shapes_dir), str(tmp_path), timeout=300)
-    single = train_vqvae(_config(), _options(str(shapes_dir), tmp_path / "one", 8), log=lambda s: None)
+    single = train_vqvae(
+        _config(), _options(str(shapes_dir), tmp_path / "one", 8), find_images([str(shapes_dir)]), log=lambda s: None
+    )
     assert single.model is not None
     reference = single.model.state_dict()
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]

@@ -1,13 +1,11 @@
-"""Image sources for VQ-VAE training: folders, image-list files and webdataset tars, as one map-style dataset."""
+"""VQ-VAE training data: decoding a list of ImageSource (files or tar members) as one map-style dataset.
+
+Which images --data names is worked out by data_utils/image_sources.py (find_images) before training starts."""
 
 from __future__ import annotations
 
 import io
-import re
 import sys
-import tarfile
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
@@ -15,103 +13,8 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from tokenization.errors import TokenizationError
-from tokenization.image_files import IMAGE_EXTENSIONS, is_image_name
+from tokenization.image_files import ImageSource
 from tokenization.imageproc import load_image, normalize, pil_to_tensor, resize_center_crop, to_rgb
-
-_LIST_SUFFIXES = (".txt", ".lst", ".list")
-_BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
-
-
-@dataclass(frozen=True)
-class ImageSource:
-    """One training image: a file path, or a member of an uncompressed tar (byte offset and size)."""
-
-    path: str
-    offset: int = -1  # >= 0: the image bytes are tar[offset : offset + size]
-    size: int = 0
-
-
-def expand_braces(pattern: str) -> list[str]:
-    """Expand webdataset-style numeric ranges: `shard-{000..009}.tar` -> 10 names (zero padding kept)."""
-    match = _BRACE.search(pattern)
-    if not match:
-        return [pattern]
-    lo, hi = match.group(1), match.group(2)
-    width = len(lo) if lo.startswith("0") or len(lo) == len(hi) else 0
-    out = []
-    for i in range(int(lo), int(hi) + 1):
-        out += expand_braces(pattern[: match.start()] + str(i).zfill(width) + pattern[match.end() :])
-    return out
-
-
-def _tar_members(path: Path) -> list[ImageSource]:
-    """Image members of a webdataset tar (`KEY.jpg|png|...`; the first image per key)."""
-    if path.suffix in (".gz", ".tgz", ".bz2", ".xz", ".zst"):
-        raise TokenizationError(
-            f"{str(path)!r} is compressed; train-vqvae reads uncompressed .tar shards (decompress it first)"
-        )
-    seen: set[str] = set()
-    out = []
-    try:
-        with tarfile.open(path, "r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                directory, _, base = member.name.rpartition("/")
-                key, _, ext = base.partition(".")  # webdataset: the key ends at the first dot
-                if ext.lower() in IMAGE_EXTENSIONS and (directory, key) not in seen:
-                    seen.add((directory, key))
-                    out.append(ImageSource(str(path), member.offset_data, member.size))
-    except tarfile.TarError as e:
-        raise TokenizationError(f"cannot read tar {str(path)!r} ({e}); is it a complete, uncompressed tar?") from e
-    return out
-
-
-def _folder_images(path: Path) -> list[ImageSource]:
-    files = sorted(p for p in path.rglob("*") if is_image_name(p.name) and p.is_file())
-    return [ImageSource(str(p)) for p in files]
-
-
-def _list_images(path: Path) -> list[ImageSource]:
-    """Paths listed one per line (relative ones are relative to the list file); '#' starts a comment."""
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.split("\t")[0].strip()
-        if not line or line.startswith("#"):
-            continue
-        p = Path(line)
-        out.append(ImageSource(str(p if p.is_absolute() else path.parent / p)))
-    return out
-
-
-def find_images(data: Sequence[str]) -> list[ImageSource]:
-    """All training images named by --data entries: folders, image lists (.txt), tars (brace ranges ok), images."""
-    sources: list[ImageSource] = []
-    for entry in data:
-        for name in expand_braces(str(entry)):
-            path = Path(name)
-            if path.is_dir():
-                found = _folder_images(path)
-            elif not path.is_file():
-                raise TokenizationError(
-                    f"--data {name!r} not found; pass a folder of images, an image-list file or .tar shards"
-                )
-            elif path.suffix.lower() == ".tar" or ".tar." in path.name.lower() or path.suffix.lower() == ".tgz":
-                found = _tar_members(path)
-            elif path.suffix.lower() in _LIST_SUFFIXES:
-                found = _list_images(path)
-            elif is_image_name(path.name):
-                found = [ImageSource(str(path))]
-            else:
-                raise TokenizationError(
-                    f"--data {name!r}: unknown kind of file; use a folder, a .txt image list or .tar shards"
-                )
-            if not found:
-                raise TokenizationError(f"--data {name!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-            sources += found
-    if not sources:
-        raise TokenizationError("no training images found; check --data")
-    return sources
 
 
 class ImageFolderDataset(Dataset):

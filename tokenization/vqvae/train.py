@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -17,8 +17,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from tokenization.errors import TokenizationError
+from tokenization.image_files import ImageSource
 from tokenization.vqvae.config import TrainOptions, VQVAEConfig  # TrainOptions lives there (no torch)
-from tokenization.vqvae.data import ImageFolderDataset, ResumableBatchSampler, find_images
+from tokenization.vqvae.data import ImageFolderDataset, ResumableBatchSampler
 from tokenization.vqvae.model import VQVAE
 from tokenization.vqvae.serialization import save_pretrained
 
@@ -158,21 +159,28 @@ def load_checkpoint(path: Path) -> dict:
         ) from e
 
 
-def train_vqvae(config: VQVAEConfig, options: TrainOptions, log: Callable[[str], None] = print) -> TrainResult:
-    """Train (or resume) a VQ-VAE and export model.safetensors + config.json into options.out."""
+def train_vqvae(
+    config: VQVAEConfig, options: TrainOptions, sources: Sequence[ImageSource], log: Callable[[str], None] = print
+) -> TrainResult:
+    """Train (or resume) a VQ-VAE on `sources` and export model.safetensors + config.json into options.out.
+
+    `sources` are the images options.data names, listed by data_utils.image_sources.find_images."""
     _validate(options)
+    if not sources:
+        raise TokenizationError("no training images given; check --data")
     world = _join_world(options.device)
     try:
-        return _train(config, options, world, log if world.rank == 0 else (lambda _: None))
+        return _train(config, options, list(sources), world, log if world.rank == 0 else (lambda _: None))
     finally:
         if world.created:
             dist.destroy_process_group()
 
 
-def _train(config: VQVAEConfig, options: TrainOptions, world: _World, log: Callable[[str], None]) -> TrainResult:
+def _train(
+    config: VQVAEConfig, options: TrainOptions, sources: list[ImageSource], world: _World, log: Callable[[str], None]
+) -> TrainResult:
     """train_vqvae in one process of `world` (rank 0 logs and saves)."""
     device = _device(options.device, world)
-    sources = find_images(options.data)  # before creating anything, so a bad --data leaves no trace
     global_batch = options.batch_size * world.size
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
