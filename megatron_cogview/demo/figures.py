@@ -14,8 +14,8 @@ SHOWN = 8  # samples per caption in the grid
 LABEL_W, PAD = 330, 8  # grid: caption column width; gap around each sample
 PICK, RIGHT, WRONG = (20, 90, 230), (30, 160, 60), (210, 40, 40)
 SERIES = (("loss", "total", (20, 20, 20)), ("text_loss", "text", (210, 110, 20)), ("image_loss", "image", (30, 100, 200)))
-_LINE = re.compile(r"iteration (\d+)/\d+ \|.*?\| loss ([\d.eE+-]+|nan|inf) \| text loss ([\d.eE+-]+|nan|inf) \| "
-                   r"image loss ([\d.eE+-]+|nan|inf)")
+_LINE = re.compile(r"iteration (\d+)/\d+ \|.*?\| loss ([\d.eE+-]+|nan|inf|n/a) \| text loss ([\d.eE+-]+|nan|inf|n/a) \| "
+                   r"image loss ([\d.eE+-]+|nan|inf|n/a)")
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -85,7 +85,7 @@ def read_curve(log_file: Path) -> list[dict[str, float]]:
         m = _LINE.search(line)
         if m:
             it, *losses = m.groups()
-            points.append({"iteration": int(it), **{k: float(v) for (k, _, _), v in zip(SERIES, losses)}})
+            points.append({"iteration": int(it), **{k: float("nan" if v == "n/a" else v) for (k, _, _), v in zip(SERIES, losses)}})
     return points
 
 

@@ -8,6 +8,11 @@ from pathlib import Path
 from typing import Any
 
 
+def _loss(value: float | None) -> str:
+    """A logged loss; n/a when no label of its kind was weighted in the window."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def _fmt_eta(seconds: float) -> str:
     seconds = int(max(0, seconds))
     h, rem = divmod(seconds, 3600)
@@ -84,9 +89,9 @@ class TrainLogger:
             f"iteration {iteration}/{self.total}",
             f"consumed samples {v['consumed_samples']}",
             f"lr {v['lr']:.3e}",
-            f"loss {v['loss']:.4f}",
-            f"text loss {v['text_loss']:.4f}",
-            f"image loss {v['image_loss']:.4f}",
+            f"loss {_loss(v['loss'])}",
+            f"text loss {_loss(v['text_loss'])}",
+            f"image loss {_loss(v['image_loss'])}",
             f"loss scale {v['loss_scale']:.1f}",
             f"grad norm {v['grad_norm']:.3f}",
             f"skipped {v['skipped_steps']} (non-finite loss {v.get('skipped_nonfinite_loss', 0)}, "

@@ -37,10 +37,11 @@ class LogSlot(IntEnum):
     IMAGE_COUNT = 5
 
 
-def logged_losses(sums: torch.Tensor) -> dict[str, float]:
-    """loss, text_loss and image_loss of summed log_sums vectors (host tensor; nan where nothing counted)."""
-    def mean(total: LogSlot, count: LogSlot) -> float:
-        return float(sums[total] / sums[count]) if sums[count] > 0 else float("nan")
+def logged_losses(sums: torch.Tensor) -> dict[str, float | None]:
+    """loss, text_loss and image_loss of summed log_sums vectors (host tensor). None where no label of that kind
+    counted (e.g. text at weight 0 in super-resolution): the log line says n/a, not a nan that reads as divergence."""
+    def mean(total: LogSlot, count: LogSlot) -> float | None:
+        return float(sums[total] / sums[count]) if sums[count] > 0 else None
     return {"loss": mean(LogSlot.WEIGHTED_LOSS, LogSlot.WEIGHT), "text_loss": mean(LogSlot.TEXT_CE, LogSlot.TEXT_COUNT),
             "image_loss": mean(LogSlot.IMAGE_CE, LogSlot.IMAGE_COUNT)}
 
