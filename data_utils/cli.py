@@ -116,7 +116,7 @@ def _run_from_cogview_bin(args: argparse.Namespace) -> int:
                               ("--image-column", args.image_column), ("--num-text-tokens", args.num_text_tokens),
                               ("--num-image-tokens", args.num_image_tokens), ("--style", args.style),
                               ("--style-from-folders", args.style_from_folders or None),
-                              ("--caption-template", args.caption_template)) if v is not None]
+                              ("--caption-template", args.caption_template), ("--crop", args.crop)) if v is not None]
     if ignored:
         raise DataError(f"{', '.join(ignored)} do not apply to --from-cogview-bin (the rows are already tokenized)")
     config = BinConfig(tuple(args.from_cogview_bin), args.text_tokenizer, args.image_tokenizer, args.out,

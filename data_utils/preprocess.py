@@ -1,6 +1,7 @@
 """`cogview preprocess`: raw (image, caption) pairs -> fixed-length token sequences in tar shards + manifest."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -68,10 +69,19 @@ class _Run:
         self.image = ImageTokenizer.from_pretrained(config.image_tokenizer, device=config.device)
         layout = TokenLayout(config.num_image_tokens or self.image.num_codes, config.num_text_tokens or self.text.vocab_size)
         self.layout = UnifiedTokenizer(self.text, self.image, layout).layout  # validates the sizes
-        self.size = config.image_size or self.image.image_size
-        if self.size % self.image.downsample or (config.task == "superres" and self.size % (2 * self.image.downsample)):
-            raise DataError(f"--image-size {self.size} must be a multiple of {self.image.downsample} (x2 for superres)")
-        grid = self.size // self.image.downsample
+        self.size = config.image_size or self.image.image_size  # images are decoded at this side ...
+        self.side = config.crop or self.size  # ... and encoded at this one (the crop's with --crop)
+        ds = self.image.downsample
+        if config.crop is not None:
+            if config.crop <= 0 or config.crop % (2 * ds):
+                raise DataError(f"--crop {config.crop} must be a positive multiple of {2 * ds} (the VQ-VAE's downsample "
+                                f"{ds}, x2 for the half-size low-res crop)")
+            if config.crop > self.size:
+                raise DataError(f"--crop {config.crop} is larger than the {self.size} px images; use --crop <= "
+                                f"--image-size (e.g. --image-size {2 * config.crop} --crop {config.crop})")
+        elif self.size % ds or (config.task == "superres" and self.size % (2 * ds)):
+            raise DataError(f"--image-size {self.size} must be a multiple of {ds} (x2 for superres)")
+        grid = self.side // ds
         codes = grid * grid + ((grid // 2) ** 2 if config.task == "superres" else 0)
         fixed = templates.template(config.task).length(0, codes)  # commands + codes
         if config.seq_len <= fixed:
@@ -89,11 +99,13 @@ class _Run:
         c = self.config
         return {
             "inputs": [os.path.abspath(p) for p in c.inputs], "prefix": c.prefix, "seq_len": c.seq_len, "task": c.task,
-            "samples_per_shard": c.samples_per_shard, "image_size": self.size, "caption_column": c.caption_column,
+            "samples_per_shard": c.samples_per_shard, "image_size": self.side, "caption_column": c.caption_column,
             "image_column": c.image_column, "layout": self.layout.to_dict(),
             "text_tokenizer": self.text.fingerprint(), "image_tokenizer": self.image.fingerprint(),
             **({"num_parts": c.num_parts} if c.num_parts > 1 else {}),
             **({"styles": c.styles.settings()} if c.styles is not None else {}),
+            **({"crop": {"image_size": self.size, "seed": c.crop_seed, "per_image": c.crops_per_image}}
+               if c.crop is not None else {}),
         }
 
     def bad(self, kind: str, key: str, why: str) -> None:
@@ -102,27 +114,43 @@ class _Run:
         if self.logged[kind] <= _LOGGED_PER_KIND:
             logger.warning("skipped %s sample %r: %s", kind, key, why)
 
+    def views(self, item: RawItem, image: np.ndarray) -> list[tuple[str, np.ndarray, list[int] | None]]:
+        """(key, image, crop box [left, top, size] or None) of each sequence made from one decoded image: the image
+        itself, or --crops-per-image random --crop crops whose positions depend only on --crop-seed and the key."""
+        c = self.config
+        if c.crop is None:
+            return [(item.key, image, None)]
+        digest = hashlib.sha256(item.key.encode("utf-8")).digest()
+        rng = np.random.default_rng([c.crop_seed, int.from_bytes(digest[:8], "little")])
+        corners = rng.integers(0, self.size - c.crop + 1, size=(c.crops_per_image, 2))  # [n, (top, left)]
+        views = []
+        for j, (top, left) in enumerate(corners.tolist()):
+            key = item.key if c.crops_per_image == 1 else f"{item.key}_crop{j}"
+            views.append((key, np.ascontiguousarray(image[top : top + c.crop, left : left + c.crop]), [left, top, c.crop]))
+        return views
+
     def encode(self, ok: list[tuple[RawItem, np.ndarray]], stats: dict[str, int]) -> list[TokenRecord]:
-        """VQ-encode decoded images in batches and build template sequences."""
+        """VQ-encode decoded images (or their crops) in batches and build template sequences."""
         records: list[TokenRecord] = []
         seen: set[str] = set()
-        for start in range(0, len(ok), self.config.batch_size):
-            batch = ok[start : start + self.config.batch_size]
-            images = [Image.fromarray(arr) for _, arr in batch]
-            codes = self.image.encode(images, image_size=self.size).numpy()  # [b, g, g]
-            low = self.image.encode(images, image_size=self.size // 2).numpy() if self.config.task == "superres" else None
-            for i, (item, _) in enumerate(batch):
+        views = [(item, *view) for item, image in ok for view in self.views(item, image)]
+        for start in range(0, len(views), self.config.batch_size):
+            batch = views[start : start + self.config.batch_size]
+            images = [Image.fromarray(image) for _, _, image, _ in batch]
+            codes = self.image.encode(images, image_size=self.side).numpy()  # [b, g, g]
+            low = self.image.encode(images, image_size=self.side // 2).numpy() if self.config.task == "superres" else None
+            for i, (item, name, _, box) in enumerate(batch):
                 caption = item.caption.strip()
                 text_ids = self.text.encode(caption)
                 seq = self.build(text_ids, codes[i], None if low is None else low[i])
                 stats["truncated"] += int(seq.text_truncated > 0)
                 stats["truncated_pieces"] += seq.text_truncated
-                key = safe_key(item.key)
+                key = safe_key(name)
                 while key in seen:
                     key += "_dup"
                 seen.add(key)
                 meta = {"source": item.key, "task": self.config.task, "text_len": len(text_ids),
-                        "text_truncated": seq.text_truncated}
+                        "text_truncated": seq.text_truncated, **({"crop": box} if box is not None else {})}
                 records.append(TokenRecord(key, seq.tokens, seq.position_ids, caption, meta))
         return records
 
@@ -287,7 +315,8 @@ def preprocess(config: PreprocessConfig, log: Callable[[str], None] = print) -> 
     else:
         write_part(config.out, config.share, manifest)
     shutil.rmtree(run.progress_dir, ignore_errors=True)
-    log(f"preprocess: {total.summary()}; {len(shards)} shard(s) in {config.out}"
+    crops = f" ({config.crops_per_image} crop(s) of {config.crop} px per image)" if config.crop is not None else ""
+    log(f"preprocess: {total.summary()}{crops}; {len(shards)} shard(s) in {config.out}"
         + (f" (part {config.part} of {config.num_parts})" if config.num_parts > 1 else ""))
     return _finish_parts(run, manifest, log)
 

@@ -34,7 +34,14 @@ class PreprocessConfig:
     batch_size: int = option(64, "images per VQ-VAE encoding batch")
     device: str = option("cpu", "device for VQ-VAE encoding (cpu, cuda, cuda:1, ...; under a launcher cuda means "
                          "cuda:LOCAL_RANK)")
-    image_size: int | None = option(None, "image side (default: the VQ-VAE's size)")
+    image_size: int | None = option(None, "image side (default: the VQ-VAE's size); with --crop, the side the "
+                                    "images are brought to before cropping")
+    crop: int | None = option(None, "superres only: train on random SIZE px crops of each image instead of the "
+                              "whole image (high = the crop's codes, low = the crop downsampled 2x), like the "
+                              "magnify windows see; SIZE is the SR model's image size, a multiple of 2x the "
+                              "VQ-VAE's downsample, at most --image-size (e.g. --image-size 512 --crop 256)")
+    crop_seed: int = option(0, "seed of the crop positions (each image's crops depend only on it and the image's key)")
+    crops_per_image: int = option(1, "with --crop: crops (sequences) taken from each image")
     caption_column: str | None = option(None, "caption field of JSONL/TSV inputs")
     image_column: str | None = option(None, "image path field of JSONL/TSV inputs")
     num_text_tokens: int | None = option(None, "text ids in the layout (default: tokenizer size)")
@@ -52,6 +59,12 @@ class PreprocessConfig:
             raise DataError(f"--task {self.task!r} is unknown; use one of {', '.join(TASKS)}")
         if self.samples_per_shard < 1 or self.batch_size < 1 or self.workers < 0:
             raise DataError("--samples-per-shard and --batch-size must be >= 1 and --workers >= 0")
+        if self.crop is not None and self.task != "superres":
+            raise DataError(f"--crop applies to --task superres, not {self.task}")
+        if self.crops_per_image < 1 or (self.crops_per_image > 1 and self.crop is None):
+            raise DataError(f"--crops-per-image {self.crops_per_image} needs --crop SIZE and must be >= 1")
+        if self.crop_seed < 0:
+            raise DataError(f"--crop-seed {self.crop_seed} must be >= 0")
         if not self.inputs:
             raise DataError("no inputs given; pass JSONL/TSV files, image folders or .tar shards")
         from .remote import is_url  # the validators import webdataset (torch): loaded when a config is made

@@ -199,3 +199,82 @@ def test_loader_refuses_data_made_with_another_text_tokenizer(tokenizers, synth_
         build_loader(str(tmp_path / "out"), 0, 1, batch_size=2, text_tokenizer_fingerprint=theirs)
     ours = TextTokenizer(tokenizers[0]).fingerprint()
     build_loader(str(tmp_path / "out"), 0, 1, batch_size=2, text_tokenizer_fingerprint=ours)
+
+
+def _samples(out: str) -> dict:
+    """Every stored TokenSample (full stored sequence and meta) by key, read straight from the shards."""
+    from data_utils.remote import iter_shard
+    from data_utils.shards import decode_sample
+
+    manifest = Manifest.load(out)
+    samples = [decode_sample(raw, manifest.seq_len) for path in manifest.shard_paths() for raw in iter_shard(path)]
+    return {s.key: s for s in samples}
+
+
+@pytest.fixture(scope="module")
+def scenes_64(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A few synthetic scenes rendered at 64 px (twice the tiny VQ-VAE's 32 px)."""
+    from data_utils.synth import write_synth
+
+    out = str(tmp_path_factory.mktemp("synth64"))
+    write_synth(out, 12, image_size=64, seed=0)
+    return out
+
+
+def _crop_run(tokenizers, scenes_64: str, out, seed: int = 3, **kwargs) -> Manifest:
+    return _run(tokenizers, os.path.join(scenes_64, "captions.jsonl"), out, task="superres", seq_len=60,
+                image_size=64, crop=32, crop_seed=seed, **kwargs)
+
+
+def test_superres_crops_hold_the_codes_of_the_cropped_image(tokenizers, scenes_64, tmp_path):
+    manifest = _crop_run(tokenizers, scenes_64, tmp_path / "out", crops_per_image=2)
+    rows = _records(scenes_64)
+    stored = _samples(str(tmp_path / "out"))
+    assert manifest.settings["image_size"] == 32  # the SR model's image size (its grid is read from it)
+    assert manifest.settings["crop"] == {"image_size": 64, "seed": 3, "per_image": 2}
+    assert sorted(stored) == sorted(f"{r['key']}_crop{j}" for r in rows for j in range(2))
+    text, image = TextTokenizer(tokenizers[0]), ImageTokenizer.from_pretrained(tokenizers[1])
+    layout = TokenLayout(image.num_codes, text.vocab_size)
+    corners = set()
+    for row in rows:
+        whole = Image.open(os.path.join(scenes_64, row["image"])).convert("RGB")
+        assert whole.size == (64, 64)
+        for j in range(2):
+            sample = stored[f"{row['key']}_crop{j}"]
+            left, top, size = sample.meta["crop"]
+            assert size == 32 and 0 <= left <= 32 and 0 <= top <= 32
+            corners.add((left, top))
+            crop = whole.crop((left, top, left + 32, top + 32))  # cropped here with PIL, then encoded
+            high, low = image.encode(crop, image_size=32)[0], image.encode(crop, image_size=16)[0]
+            assert high.shape == (4, 4) and low.shape == (2, 2)
+            expected = templates.super_resolution(layout, text.encode(row["caption"]), low, high, 60)
+            assert sample.tokens.tolist() == expected.tokens.tolist(), (row["key"], j)
+            assert sample.caption == row["caption"] and sample.meta["source"] == row["key"]
+    assert len(corners) > len(rows)  # random positions, not one fixed crop
+
+
+def test_superres_crops_are_deterministic_for_a_seed(tokenizers, scenes_64, tmp_path):
+    _crop_run(tokenizers, scenes_64, tmp_path / "a", samples_per_shard=5, batch_size=3)
+    _crop_run(tokenizers, scenes_64, tmp_path / "b", samples_per_shard=12, batch_size=64)  # other shards/batches
+    _crop_run(tokenizers, scenes_64, tmp_path / "c", seed=4, samples_per_shard=5)
+    a, b, c = (_samples(str(tmp_path / d)) for d in "abc")
+    assert sorted(a) == sorted(b) == sorted(c) == sorted(r["key"] for r in _records(scenes_64))
+    for key in a:
+        assert a[key].meta["crop"] == b[key].meta["crop"] and a[key].tokens.tolist() == b[key].tokens.tolist()
+    assert any(a[key].meta["crop"] != c[key].meta["crop"] for key in a)  # another seed, other crops
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--task", "superres", "--image-size", "64", "--crop", "128"], "--crop 128 is larger than the 64 px images"),
+    (["--task", "superres", "--image-size", "64", "--crop", "24"], "--crop 24 must be a positive multiple of 16"),
+    (["--task", "text2image", "--crop", "16"], "--crop applies to --task superres"),
+    (["--task", "superres", "--crops-per-image", "2"], "--crops-per-image 2 needs --crop"),
+])
+def test_bad_crop_is_one_line_exit_2(tokenizers, scenes_64, tmp_path, capsys, flags, message):
+    from megatron_cogview.cli import main
+
+    argv = ["preprocess", os.path.join(scenes_64, "captions.jsonl"), "--text-tokenizer", tokenizers[0],
+            "--image-tokenizer", tokenizers[1], "--out", str(tmp_path / "out"), "--seq-len", "60", *flags]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
