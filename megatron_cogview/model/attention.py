@@ -99,7 +99,7 @@ def block_causal_attention(
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: AttentionArgs) -> torch.Tensor:
     """torch's fused scaled_dot_product_attention (flash / memory-efficient kernels where available); CPU training
     with attention dropout on plain causal attention longer than one block takes block_causal_attention instead
-    (at sequence 1,088: 0.69x the time of torch's kernel, forward + backward, bench/attention.py --dropout)."""
+    (forward + backward at sequence 1,088: about 0.7x the time of torch's kernel; bench/block_attention.py)."""
     p = args.dropout_p if args.training else 0.0
     sq, sk = q.size(-2), k.size(-2)
     if p > 0.0 and q.device.type == "cpu" and args.mask is None and args.causal and sq == sk > BLOCK_ROWS:
