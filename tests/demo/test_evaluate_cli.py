@@ -83,7 +83,7 @@ def test_caption_loss_is_the_teacher_forced_nll_from_full_logits(demo: Path) -> 
     text = tok.encode_text(caption)
     for j in range(2):
         image = layout.image_id(codes[0, j]).tolist()
-        seq = torch.tensor([[*t.head(), *image, *t.middle(), *text]])
+        seq = torch.tensor([[*t.head, *image, *t.middle, *text]])
         with torch.no_grad():
             logp = torch.log_softmax(model(seq, gather=True)[0].double(), -1)
         start = 4 + len(image)
