@@ -70,7 +70,7 @@ class _Run:
         layout = TokenLayout(config.num_image_tokens or self.image.num_codes, config.num_text_tokens or self.text.vocab_size)
         self.layout = UnifiedTokenizer(self.text, self.image, layout).layout  # validates the sizes
         self.size = config.image_size or self.image.image_size  # images are decoded at this side ...
-        self.side = config.crop or self.size  # ... and encoded at this one (the crop's with --crop)
+        self.side = config.crop or self.size  # ... and the model sees this side (a crop's window of codes with --crop)
         ds = self.image.downsample
         if config.crop is not None:
             if config.crop <= 0 or config.crop % (2 * ds):
@@ -79,6 +79,9 @@ class _Run:
             if config.crop > self.size:
                 raise DataError(f"--crop {config.crop} is larger than the {self.size} px images; use --crop <= "
                                 f"--image-size (e.g. --image-size {2 * config.crop} --crop {config.crop})")
+            if self.size % (2 * ds):
+                raise DataError(f"--image-size {self.size} must be a multiple of {2 * ds} to cut --crop windows from "
+                                f"its code grids (the VQ-VAE's downsample {ds}, x2 for the low-res grid)")
         elif self.size % ds or (config.task == "superres" and self.size % (2 * ds)):
             raise DataError(f"--image-size {self.size} must be a multiple of {ds} (x2 for superres)")
         grid = self.side // ds
@@ -104,7 +107,8 @@ class _Run:
             "text_tokenizer": self.text.fingerprint(), "image_tokenizer": self.image.fingerprint(),
             **({"num_parts": c.num_parts} if c.num_parts > 1 else {}),
             **({"styles": c.styles.settings()} if c.styles is not None else {}),
-            **({"crop": {"image_size": self.size, "seed": c.crop_seed, "per_image": c.crops_per_image}}
+            **({"crop": {"image_size": self.size, "seed": c.crop_seed, "per_image": c.crops_per_image,
+                         "windows": "code-aligned"}}
                if c.crop is not None else {}),
         }
 
@@ -114,44 +118,54 @@ class _Run:
         if self.logged[kind] <= _LOGGED_PER_KIND:
             logger.warning("skipped %s sample %r: %s", kind, key, why)
 
-    def views(self, item: RawItem, image: np.ndarray) -> list[tuple[str, np.ndarray, list[int] | None]]:
-        """(key, image, crop box [left, top, size] or None) of each sequence made from one decoded image: the image
-        itself, or --crops-per-image random --crop crops whose positions depend only on --crop-seed and the key."""
-        c = self.config
-        if c.crop is None:
-            return [(item.key, image, None)]
+    def corners(self, item: RawItem) -> list[tuple[int, int]]:
+        """(top, left) pixel corners of the --crops-per-image crops of one image: random points of the low-res code
+        grid (multiples of 2 x the VQ-VAE's downsample), depending only on --crop-seed and the key."""
+        c, step = self.config, 2 * self.image.downsample
+        assert c.crop is not None
         digest = hashlib.sha256(item.key.encode("utf-8")).digest()
         rng = np.random.default_rng([c.crop_seed, int.from_bytes(digest[:8], "little")])
-        corners = rng.integers(0, self.size - c.crop + 1, size=(c.crops_per_image, 2))  # [n, (top, left)]
-        views = []
-        for j, (top, left) in enumerate(corners.tolist()):
-            key = item.key if c.crops_per_image == 1 else f"{item.key}_crop{j}"
-            views.append((key, np.ascontiguousarray(image[top : top + c.crop, left : left + c.crop]), [left, top, c.crop]))
-        return views
+        cells = rng.integers(0, (self.size - c.crop) // step + 1, size=(c.crops_per_image, 2))  # [n, (top, left)]
+        return [(int(top) * step, int(left) * step) for top, left in cells]
 
     def encode(self, ok: list[tuple[RawItem, np.ndarray]], stats: dict[str, int]) -> list[TokenRecord]:
-        """VQ-encode decoded images (or their crops) in batches and build template sequences."""
+        """VQ-encode decoded images in batches and build template sequences. With --crop a sequence holds a window
+        of the whole image's code grids (high: the image's, low: its 2x downsample's), the window a sliding-window
+        magnification reads and writes, rather than the codes of a crop encoded on its own (which differ at its
+        borders)."""
         records: list[TokenRecord] = []
         seen: set[str] = set()
-        views = [(item, *view) for item, image in ok for view in self.views(item, image)]
-        for start in range(0, len(views), self.config.batch_size):
-            batch = views[start : start + self.config.batch_size]
-            images = [Image.fromarray(image) for _, _, image, _ in batch]
-            codes = self.image.encode(images, image_size=self.side).numpy()  # [b, g, g]
-            low = self.image.encode(images, image_size=self.side // 2).numpy() if self.config.task == "superres" else None
-            for i, (item, name, _, box) in enumerate(batch):
+        ds, superres = self.image.downsample, self.config.task == "superres"
+        for start in range(0, len(ok), self.config.batch_size):
+            batch = ok[start : start + self.config.batch_size]
+            images = [Image.fromarray(image) for _, image in batch]
+            codes = self.image.encode(images, image_size=self.size).numpy()  # [b, G, G]
+            low = self.image.encode(images, image_size=self.size // 2).numpy() if superres else None
+            for i, (item, _) in enumerate(batch):
                 caption = item.caption.strip()
                 text_ids = self.text.encode(caption)
-                seq = self.build(text_ids, codes[i], None if low is None else low[i])
-                stats["truncated"] += int(seq.text_truncated > 0)
-                stats["truncated_pieces"] += seq.text_truncated
-                key = safe_key(name)
-                while key in seen:
-                    key += "_dup"
-                seen.add(key)
-                meta = {"source": item.key, "task": self.config.task, "text_len": len(text_ids),
-                        "text_truncated": seq.text_truncated, **({"crop": box} if box is not None else {})}
-                records.append(TokenRecord(key, seq.tokens, seq.position_ids, caption, meta))
+                if self.config.crop is None:
+                    views = [(item.key, codes[i], None if low is None else low[i], None)]
+                else:
+                    w, many = self.config.crop // ds, self.config.crops_per_image > 1
+                    views = [(f"{item.key}_crop{j}" if many else item.key,
+                              codes[i, top // ds : top // ds + w, left // ds : left // ds + w],
+                              None if low is None else low[i, top // (2 * ds) : top // (2 * ds) + w // 2,
+                                                               left // (2 * ds) : left // (2 * ds) + w // 2],
+                              [left, top, self.config.crop])
+                             for j, (top, left) in enumerate(self.corners(item))]
+                for name, high_codes, low_codes, box in views:
+                    seq = self.build(text_ids, np.ascontiguousarray(high_codes),
+                                     None if low_codes is None else np.ascontiguousarray(low_codes))
+                    stats["truncated"] += int(seq.text_truncated > 0)
+                    stats["truncated_pieces"] += seq.text_truncated
+                    key = safe_key(name)
+                    while key in seen:
+                        key += "_dup"
+                    seen.add(key)
+                    meta = {"source": item.key, "task": self.config.task, "text_len": len(text_ids),
+                            "text_truncated": seq.text_truncated, **({"crop": box} if box is not None else {})}
+                    records.append(TokenRecord(key, seq.tokens, seq.position_ids, caption, meta))
         return records
 
     def build(self, text_ids: list[int], codes: np.ndarray, low: np.ndarray | None) -> templates.TemplateSequence:

@@ -29,6 +29,10 @@ class DemoSettings:
     vq_code_dim: int = 32
     vq_downsample: int = 4  # 32 px -> 8x8 codes
     vq_batch: int = 64
+    # The image tokenizer is general-purpose (CogView's was trained on a broad image set): besides the scenes it
+    # sees this many outlined-style renderings per scene, a style the transformer never sees in pre-training
+    # (bench/style_finetune.py teaches it later). Without them the VQ-VAE cannot draw outlines at all.
+    vq_outlined_fraction: float = 0.2
     gpt_iters: int = 2000
     caption_iters: int = 600  # fine-tuned from the text-to-image model
     batch_size: int = 64
@@ -53,7 +57,7 @@ FAST = DemoSettings(num_images=3000, vq_steps=150, vq_hidden=32, gpt_iters=120, 
 STAGE_FIELDS: tuple[tuple[str, ...], ...] = (
     ("seed", "num_images", "image_size"),
     ("text_vocab",),
-    ("vq_steps", "vq_hidden", "vq_codes", "vq_code_dim", "vq_downsample", "vq_batch"),
+    ("vq_steps", "vq_hidden", "vq_codes", "vq_code_dim", "vq_downsample", "vq_batch", "vq_outlined_fraction"),
     (),
     ("gpt_iters", "batch_size", "lr"),
     ("caption_iters",),
@@ -145,6 +149,7 @@ def run_demo(out: str | Path, settings: DemoSettings, log: Log = print, *, threa
     st = Stages(out, s, log, total=len(STAGE_FIELDS))
     synth, tok, shards, ckpt = out / "data" / "synth", out / "tokenizers", out / "data" / "shards", out / "checkpoints"
     sp_prefix, vq_dir = tok / "text", tok / "vqvae"
+    vq_extra = out / "data" / "synth-outlined"  # the tokenizer's extra outlined-style images (no captions used)
 
     def do_synth() -> None:
         from data_utils.synth import write_synth
@@ -162,14 +167,21 @@ def run_demo(out: str | Path, settings: DemoSettings, log: Log = print, *, threa
 
     def do_vqvae() -> None:
         from data_utils.image_sources import find_images
+        from data_utils.synth import write_synth
         from tokenization.vqvae.config import VQVAEConfig
         from tokenization.vqvae.train import TrainOptions, train_vqvae
 
         cfg = VQVAEConfig(image_size=s.image_size, downsample=s.vq_downsample, codebook_size=s.vq_codes,
                           code_dim=s.vq_code_dim, hidden_channels=s.vq_hidden, res_channels=s.vq_hidden // 2,
                           num_res_blocks=1)
-        # The tokenizer is unsupervised: it sees images of every combination (held-out ones included).
-        opts = TrainOptions(data=[str(synth / "images")], out=vq_dir, steps=s.vq_steps, batch_size=s.vq_batch,
+        # The tokenizer is unsupervised: it sees images of every combination (held-out ones included), and some
+        # in a style pre-training never shows the transformer (another seed than the style bench's images).
+        data = [str(synth / "images")]
+        extra = round(s.num_images * s.vq_outlined_fraction)
+        if extra:
+            write_synth(str(vq_extra), extra, s.image_size, s.seed + 2000, num_heldout=0, style="outlined")
+            data.append(str(vq_extra / "images"))
+        opts = TrainOptions(data=data, out=vq_dir, steps=s.vq_steps, batch_size=s.vq_batch,
                             lr=2e-3, warmup_steps=min(100, s.vq_steps // 10), workers=0, save_every=10**9,
                             log_every=max(1, s.vq_steps // 6), seed=s.seed, resume=(vq_dir / "checkpoint.pt").exists())
         train_vqvae(cfg, opts, find_images(opts.data), log=lambda m: log("    " + m))
@@ -201,7 +213,7 @@ def run_demo(out: str | Path, settings: DemoSettings, log: Log = print, *, threa
 
     st.run("synthetic dataset", do_synth, (synth,))
     st.run("text tokenizer (SentencePiece)", do_text, (tok,))
-    st.run("image tokenizer (VQ-VAE)", do_vqvae, (vq_dir,))
+    st.run("image tokenizer (VQ-VAE)", do_vqvae, (vq_dir, vq_extra))
     st.run("token shards", do_shards, (shards,))
     st.run("pretrain CogView (DeepSpeed)", lambda: pretrain(train_args("text2image", s.gpt_iters),
                                                              out / "logs" / "pretrain.log", log),

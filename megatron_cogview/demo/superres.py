@@ -6,7 +6,9 @@ report/superres.{md,png,json}.
 
 The training pairs are crops because every magnify window is one: a quarter of the scene at twice the
 pixels, shapes cut at its edges; whole 16 px -> 32 px scenes alone taught the model scenes that no window
-shows (shapes came out duplicated and scattered).
+shows (shapes came out duplicated and scattered). A crop's codes are the window of the whole scene's code grids
+that a magnify window reads and writes (preprocess --crop), not a crop encoded on its own: with the demo's VQ-VAE
+43% of those cells differ, so the model had learnt from inputs it never meets at inference.
 
 Stages run after the main demo and are skipped on re-runs like the others (their markers cover every
 main-demo setting, SR_RECIPE and the SR settings up to that stage)."""
@@ -24,7 +26,7 @@ import numpy as np
 
 Log = Callable[[str], None]
 SR_FIELDS = ((), ("sr_iters", "sr_lr"), ("sr_eval_scenes",))  # settings read by SR stage 1, 2, 3
-SR_RECIPE = "crops-of-2x-scenes"  # how stage 1 makes the training pairs; a new recipe re-runs every SR stage
+SR_RECIPE = "code-windows-of-2x-scenes"  # how stage 1 makes the training pairs; a new recipe re-runs every SR stage
 
 
 def _fingerprint(settings: Any, upto: int) -> str:
@@ -78,7 +80,7 @@ def run_superres(out: Path, settings: Any, log: Log, pretrain: Callable[..., Non
         from data_utils.synth import write_synth
 
         # the main demo's scenes (same seed: same captions, same held-out split) at twice the pixels, cropped to
-        # one window's output: low = a 16 px crop's 4x4 codes, high = the 32 px crop's 8x8 codes
+        # one window's output: low = a 4x4 window of the 32 px downsample's codes, high = the 8x8 window above it
         summary = write_synth(str(scenes_2x), s.num_images, 2 * s.image_size, s.seed)
         log(f"    {summary.num_train} training scenes rendered at {2 * s.image_size} px")
         preprocess(PreprocessConfig(inputs=(str(scenes_2x / "captions.jsonl"),),

@@ -226,31 +226,37 @@ def _crop_run(tokenizers, scenes_64: str, out, seed: int = 3, **kwargs) -> Manif
                 image_size=64, crop=32, crop_seed=seed, **kwargs)
 
 
-def test_superres_crops_hold_the_codes_of_the_cropped_image(tokenizers, scenes_64, tmp_path):
+def test_superres_crops_are_windows_of_the_whole_scene_codes(tokenizers, scenes_64, tmp_path):
+    """A crop's codes are a window of the whole scene's code grids (high: the 64 px image's, low: its 32 px
+    downsample's) at a code-aligned corner: exactly what a magnify window reads and writes at inference, so the
+    SR model is trained on the inputs it will see (a crop encoded on its own has other codes at its borders: 43% of
+    the cells with the demo's trained VQ-VAE; this untrained one happens to agree, so the corner check carries it)."""
     manifest = _crop_run(tokenizers, scenes_64, tmp_path / "out", crops_per_image=2)
     rows = _records(scenes_64)
     stored = _samples(str(tmp_path / "out"))
     assert manifest.settings["image_size"] == 32  # the SR model's image size (its grid is read from it)
-    assert manifest.settings["crop"] == {"image_size": 64, "seed": 3, "per_image": 2}
+    assert manifest.settings["crop"] == {"image_size": 64, "seed": 3, "per_image": 2, "windows": "code-aligned"}
     assert sorted(stored) == sorted(f"{r['key']}_crop{j}" for r in rows for j in range(2))
     text, image = TextTokenizer(tokenizers[0]), ImageTokenizer.from_pretrained(tokenizers[1])
     layout = TokenLayout(image.num_codes, text.vocab_size)
+    ds = image.downsample  # 8: 64 px -> 8x8 codes, its 32 px downsample -> 4x4
     corners = set()
     for row in rows:
         whole = Image.open(os.path.join(scenes_64, row["image"])).convert("RGB")
         assert whole.size == (64, 64)
+        high_all, low_all = image.encode(whole, image_size=64)[0], image.encode(whole, image_size=32)[0]
         for j in range(2):
             sample = stored[f"{row['key']}_crop{j}"]
             left, top, size = sample.meta["crop"]
             assert size == 32 and 0 <= left <= 32 and 0 <= top <= 32
+            assert left % (2 * ds) == 0 and top % (2 * ds) == 0  # on the low-res code grid
             corners.add((left, top))
-            crop = whole.crop((left, top, left + 32, top + 32))  # cropped here with PIL, then encoded
-            high, low = image.encode(crop, image_size=32)[0], image.encode(crop, image_size=16)[0]
-            assert high.shape == (4, 4) and low.shape == (2, 2)
+            high = high_all[top // ds : top // ds + 4, left // ds : left // ds + 4]
+            low = low_all[top // (2 * ds) : top // (2 * ds) + 2, left // (2 * ds) : left // (2 * ds) + 2]
             expected = templates.super_resolution(layout, text.encode(row["caption"]), low, high, 60)
             assert sample.tokens.tolist() == expected.tokens.tolist(), (row["key"], j)
             assert sample.caption == row["caption"] and sample.meta["source"] == row["key"]
-    assert len(corners) > len(rows)  # random positions, not one fixed crop
+    assert len(corners) > 1  # random positions, not one fixed crop
 
 
 def test_superres_crops_are_deterministic_for_a_seed(tokenizers, scenes_64, tmp_path):
