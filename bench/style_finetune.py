@@ -2,6 +2,8 @@
 
     python bench/style_finetune.py --demo-out demo_out --out style_out [--num-images 1000 --iters 300]
 
+0. needs a demo whose VQ-VAE can draw outlines (`cogview demo --vq-outlined-fraction 0.2`: the tokenizer, never
+   the transformer, saw outlined renderings); the round-trip fraction is reported, and below 50% the bench stops;
 1. renders --num-images synthetic shapes in the outlined style (pretraining saw only filled shapes);
 2. `cogview preprocess --style outlined --caption-template TEMPLATE` on them (caption-free style data);
 3. `python -m finetune.style` from the demo's text-to-image checkpoint on the demo's shards mixed with the
@@ -88,6 +90,18 @@ def _score(load: Path, tok: Any, style_caption: str, ordinary: list[dict], args:
             "ordinary_outlined_fraction": sum(outlined) / max(1, len(outlined))}
 
 
+def _vq_ceiling(vq: Any, synth: Path, n: int = 200) -> float:
+    """Fraction of style training images still read as the style after the VQ-VAE round trip: the most the
+    transformer can reach (a tokenizer that never saw the style cannot draw it)."""
+    from PIL import Image
+
+    from data_utils.checker import check_style
+
+    files = sorted((synth / "images").glob("*.png"))[:n]
+    decoded = vq.decode(vq.encode([Image.open(f).convert("RGB") for f in files]))
+    return sum(check_style(im) == STYLE for im in decoded) / max(1, len(decoded))
+
+
 def main() -> int:
     """Run the five steps (see the module doc); prints the report."""
     from PIL import Image
@@ -114,6 +128,11 @@ def main() -> int:
     synth = out / "style_synth"
     if not (synth / "splits.json").exists():
         write_synth(str(synth), args.num_images, image_size, seed=args.seed + 1000, num_heldout=0, style=STYLE)
+    ceiling = _vq_ceiling(ImageTokenizer.from_pretrained(str(vq)), synth)
+    if ceiling < 0.5:
+        print(f"style_finetune: error: only {ceiling:.0%} of {STYLE} images survive {demo}'s VQ-VAE round trip (it "
+              f"never saw the style); run the demo with `cogview demo --vq-outlined-fraction 0.2`", file=sys.stderr)
+        return 2
     styles = StyleCaptions(args.template, style=STYLE)
     shards = out / "shards"
     pre = preprocess(PreprocessConfig((str(synth / "images"),), str(sp), str(vq), str(shards), seq_len=manifest.seq_len,
@@ -136,6 +155,7 @@ def main() -> int:
     ordinary = list(seen.values())[: args.prompts]
     caption = styles.caption(STYLE)
     report = {"style_caption": caption, "style_caption_truncated_in": cut, "settings": vars(args),
+              "vq_roundtrip_style_fraction": ceiling,
               "before": _score(before, tok, caption, ordinary, args, out / "samples" / "before"),
               "after": _score(ckpt, tok, caption, ordinary, args, out / "samples" / "after")}
     report["ordinary_accuracy_drop_points"] = 100 * (report["before"]["ordinary_accuracy"]

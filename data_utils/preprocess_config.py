@@ -36,10 +36,11 @@ class PreprocessConfig:
                          "cuda:LOCAL_RANK)")
     image_size: int | None = option(None, "image side (default: the VQ-VAE's size); with --crop, the side the "
                                     "images are brought to before cropping")
-    crop: int | None = option(None, "superres only: train on random SIZE px crops of each image instead of the "
-                              "whole image (high = the crop's codes, low = the crop downsampled 2x), like the "
-                              "magnify windows see; SIZE is the SR model's image size, a multiple of 2x the "
-                              "VQ-VAE's downsample, at most --image-size (e.g. --image-size 512 --crop 256)")
+    crop: int | None = option(None, "superres only: train on SIZE px windows of each image at random code-aligned "
+                              "corners instead of the whole image (high = that window of the whole image's codes, "
+                              "low = the matching window of its 2x downsample's codes), the codes a magnify window "
+                              "reads and writes; SIZE is the SR model's image size, a multiple of 2x the VQ-VAE's "
+                              "downsample, at most --image-size (e.g. --image-size 512 --crop 256)")
     crop_seed: int = option(0, "seed of the crop positions (each image's crops depend only on it and the image's key)")
     crops_per_image: int = option(1, "with --crop: crops (sequences) taken from each image")
     caption_column: str | None = option(None, "caption field of JSONL/TSV inputs")

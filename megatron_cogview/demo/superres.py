@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 Log = Callable[[str], None]
-SR_FIELDS = ((), ("sr_iters", "sr_lr"), ("sr_eval_scenes",))  # settings read by SR stage 1, 2, 3
+SR_FIELDS = ((), ("sr_iters", "sr_lr"), ("sr_eval_scenes", "sr_temperature"))  # settings read by SR stage 1, 2, 3
 SR_RECIPE = "code-windows-of-2x-scenes"  # how stage 1 makes the training pairs; a new recipe re-runs every SR stage
 
 
@@ -135,7 +135,7 @@ def evaluate_superres(out: Path, settings: Any, log: Log) -> dict[str, Any]:
     tok = UnifiedTokenizer(TextTokenizer(str(out / "tokenizers" / "text.model")), vq,
                            TokenLayout.from_dict(meta.tokenizers["layout"]))
     sr = SRModel(model, tok, sr_grid(meta.tokenizers, vq.downsample, "superres"))
-    config = GenerationConfig(temperature=settings.temperature, top_k=settings.top_k, seed=settings.seed,
+    config = GenerationConfig(temperature=settings.sr_temperature, top_k=settings.top_k, seed=settings.seed,
                               max_inference_batch_size=64)
     folder = out / "samples" / "superres"
     folder.mkdir(parents=True, exist_ok=True)
