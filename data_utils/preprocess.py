@@ -146,17 +146,14 @@ class _Run:
                 text_ids = self.text.encode(caption)
                 if self.config.crop is None:
                     views = [(item.key, codes[i], None if low is None else low[i], None)]
-                else:
+                else:  # --crop implies superres: both grids exist
+                    assert low is not None
                     w, many = self.config.crop // ds, self.config.crops_per_image > 1
-                    views = [(f"{item.key}_crop{j}" if many else item.key,
-                              codes[i, top // ds : top // ds + w, left // ds : left // ds + w],
-                              None if low is None else low[i, top // (2 * ds) : top // (2 * ds) + w // 2,
-                                                               left // (2 * ds) : left // (2 * ds) + w // 2],
-                              [left, top, self.config.crop])
+                    views = [(f"{item.key}_crop{j}" if many else item.key, _window(codes[i], top, left, ds, w),
+                              _window(low[i], top, left, 2 * ds, w // 2), [left, top, self.config.crop])
                              for j, (top, left) in enumerate(self.corners(item))]
                 for name, high_codes, low_codes, box in views:
-                    seq = self.build(text_ids, np.ascontiguousarray(high_codes),
-                                     None if low_codes is None else np.ascontiguousarray(low_codes))
+                    seq = self.build(text_ids, high_codes, low_codes)
                     stats["truncated"] += int(seq.text_truncated > 0)
                     stats["truncated_pieces"] += seq.text_truncated
                     key = safe_key(name)
@@ -176,6 +173,11 @@ class _Run:
         if task == "image2text":
             return templates.image_to_text(lay, codes, text_ids, n)
         return templates.super_resolution(lay, text_ids, low, codes, n)
+
+
+def _window(grid: np.ndarray, top: int, left: int, cell: int, size: int) -> np.ndarray:
+    """The size x size codes of a code grid (cell px per code) whose top-left corner is at pixel (top, left)."""
+    return np.ascontiguousarray(grid[top // cell : top // cell + size, left // cell : left // cell + size])
 
 
 def _chunks(items: Iterator[RawItem], size: int) -> Iterator[list[RawItem]]:

@@ -180,8 +180,8 @@ def run_demo(out: str | Path, settings: DemoSettings, log: Log = print, *, threa
         # The tokenizer is unsupervised: it sees images of every combination (held-out ones included), and some
         # in a style pre-training never shows the transformer (another seed than the style bench's images).
         data = [str(synth / "images")]
-        shutil.rmtree(vq_extra, ignore_errors=True)  # left by an earlier run with another fraction
         extra = round(s.num_images * s.vq_outlined_fraction)
+        vq_extra.mkdir(parents=True, exist_ok=True)  # a stage output either way (empty when the fraction is 0)
         if extra:
             write_synth(str(vq_extra), extra, s.image_size, s.seed + 2000, num_heldout=0, style="outlined")
             data.append(str(vq_extra / "images"))
@@ -217,7 +217,7 @@ def run_demo(out: str | Path, settings: DemoSettings, log: Log = print, *, threa
 
     st.run("synthetic dataset", do_synth, (synth,))
     st.run("text tokenizer (SentencePiece)", do_text, (tok,))
-    st.run("image tokenizer (VQ-VAE)", do_vqvae, (vq_dir, vq_extra) if s.vq_outlined_fraction else (vq_dir,))
+    st.run("image tokenizer (VQ-VAE)", do_vqvae, (vq_dir, vq_extra))
     st.run("token shards", do_shards, (shards,))
     st.run("pretrain CogView (DeepSpeed)", lambda: pretrain(train_args("text2image", s.gpt_iters),
                                                              out / "logs" / "pretrain.log", log),
