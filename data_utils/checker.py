@@ -7,7 +7,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from .synth import COLORS, Combination
+from .synth import COLORS, Combination, outline_width
 
 _PALETTE = np.array(list(COLORS.values()), dtype=np.float32)  # [c, 3]
 _NAMES = list(COLORS)
@@ -117,14 +117,39 @@ def _holes(blob: np.ndarray) -> np.ndarray:
     return ~blob & ~outside
 
 
+def _close_columns(mask: np.ndarray, gap: int) -> np.ndarray:
+    """`mask` with every vertical run of at most `gap` False pixels between two True pixels of a column set."""
+    closed = mask.copy()
+    for x in range(mask.shape[1]):
+        ys = np.nonzero(mask[:, x])[0]
+        for a, b in zip(ys[:-1], ys[1:]):
+            if 1 < b - a <= gap + 1:
+                closed[a + 1 : b, x] = True
+    return closed
+
+
+def _striped(mask: np.ndarray) -> bool:
+    """True when the shape is drawn in horizontal bands: rows of its silhouette (the mask closed over vertical
+    gaps of up to 2 line widths) where less than 30% of the silhouette is painted make >= 20% of its rows."""
+    gap = 2 * outline_width(mask.shape[0])
+    silhouette = _largest_blob(_close_columns(mask, gap))
+    rows = np.nonzero(silhouette.any(axis=1))[0]
+    painted = (mask & silhouette).sum(axis=1)[rows] / silhouette.sum(axis=1)[rows]
+    blank = int((painted < 0.3).sum())
+    return blank >= max(1, 0.2 * len(rows))
+
+
 def check_style(image: Image.Image | np.ndarray, threshold: float = 60.0) -> str | None:
-    """"outlined" when the shape encloses a hole of background (>= 2 px and >= 4% of the shape), "filled" when
-    it does not, None when no shape is found: reads the outlined style of `synth.render(..., style="outlined")`."""
+    """The drawing style of the one shape (see `synth.render`): "striped" when it is painted in horizontal bands
+    (see `_striped`), "outlined" when it encloses a hole of background (>= 2 px and >= 4% of the shape),
+    "filled" otherwise, None when no shape is found."""
     arr = _as_array(image)
     border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])  # [2h+2w, 3]
     mask = np.linalg.norm(arr - np.median(border, axis=0), axis=-1) > threshold
     if mask.sum() < 4:
         return None
+    if _striped(mask):
+        return "striped"
     blob = _largest_blob(mask)
     holes = int(_holes(blob).sum())
     return "outlined" if holes >= max(2, 0.04 * (holes + int(blob.sum()))) else "filled"

@@ -127,16 +127,18 @@ def shape_box(sample: ShapeSample, image_size: int) -> tuple[int, int, int]:
     return x, y, side
 
 
-RENDER_STYLES = ("filled", "outlined")  # "outlined": a new style pretraining never saw (style fine-tuning demos)
+RENDER_STYLES = ("filled", "outlined", "striped")
+NEW_STYLES = RENDER_STYLES[1:]  # styles pre-training never shows the transformer (style fine-tuning demos)
 
 
 def outline_width(image_size: int) -> int:
-    """Line width of the outlined style: 2 px at 32 px, scaled with the image."""
+    """Line width of the outlined style and stripe width of the striped style: 2 px at 32 px, scaled."""
     return max(2, round(image_size / 16))
 
 
 def render(sample: ShapeSample, image_size: int = 32, style: str = "filled") -> Image.Image:
-    """Draw `sample` as an RGB image of `image_size` x `image_size` pixels (filled, or outlined only)."""
+    """Draw `sample` as an RGB image of `image_size` x `image_size` pixels: filled, outlined only, or striped
+    (filled, with every other band of `outline_width` rows left blank; bands counted from the image's top row)."""
     if image_size < 16:
         raise DataError(f"--image-size {image_size} is too small; use 16 or more")
     if style not in RENDER_STYLES:
@@ -145,17 +147,23 @@ def render(sample: ShapeSample, image_size: int = 32, style: str = "filled") -> 
     draw = ImageDraw.Draw(image)
     x, y, side = shape_box(sample, image_size)
     colour = COLORS[sample.color]
-    paint = {"fill": colour} if style == "filled" else {"outline": colour, "width": outline_width(image_size)}
+    paint = {"outline": colour, "width": outline_width(image_size)} if style == "outlined" else {"fill": colour}
     x1, y1 = x + side - 1, y + side - 1
     if sample.shape == "circle":
         draw.ellipse([x, y, x1, y1], **paint)
     elif sample.shape == "square":
         draw.rectangle([x, y, x1, y1], **paint)
-    elif style == "filled":
+    elif style != "outlined":
         draw.polygon([(x + (side - 1) / 2, y), (x, y1), (x1, y1)], fill=colour)
     else:  # PIL's polygon has no line width: draw the closed path as lines
         points = [(x + (side - 1) / 2, y), (x1, y1), (x, y1), (x + (side - 1) / 2, y)]
         draw.line(points, fill=colour, width=outline_width(image_size), joint="curve")
+    if style == "striped":
+        pixels = np.array(image)
+        blank = (np.arange(image_size) // outline_width(image_size)) % 2 == 1  # [rows]
+        shape = np.all(pixels == colour, axis=-1) & blank[:, None]
+        pixels[shape] = BACKGROUNDS[sample.background]
+        image = Image.fromarray(pixels)
     return image
 
 

@@ -158,14 +158,14 @@ def test_demo_threads_are_chosen_by_its_entry(capsys: pytest.CaptureFixture[str]
     assert "--threads 0 must be >= 1" in capsys.readouterr().err
 
 
-def test_demo_vq_outlined_fraction_reaches_the_settings(monkeypatch: pytest.MonkeyPatch,
+def test_demo_vq_style_fraction_reaches_the_settings(monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     from megatron_cogview.cli import main
     from megatron_cogview.demo import pipeline
 
     seen = []
     monkeypatch.setattr(pipeline, "run_demo", lambda out, settings, **kw: seen.append(settings) or {})
-    assert main(["demo", "--vq-outlined-fraction", "0.2", "--out", "unused"]) == 0
-    assert seen[0].vq_outlined_fraction == 0.2 and seen[0] == dataclasses.replace(pipeline.DemoSettings(), vq_outlined_fraction=0.2)
-    assert main(["demo", "--vq-outlined-fraction", "1.5", "--out", "unused"]) == 2
-    assert "--vq-outlined-fraction 1.5 must be between 0 and 1" in capsys.readouterr().err
+    assert main(["demo", "--vq-style-fraction", "0.2", "--out", "unused"]) == 0
+    assert seen[0].vq_style_fraction == 0.2 and seen[0] == dataclasses.replace(pipeline.DemoSettings(), vq_style_fraction=0.2)
+    assert main(["demo", "--vq-style-fraction", "1.5", "--out", "unused"]) == 2
+    assert "--vq-style-fraction 1.5 must be between 0 and 1" in capsys.readouterr().err

@@ -22,9 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--super-resolution", action="store_true", help="also fine-tune a super-resolution model and "
                    "magnify 32 px images to 64 px (report/superres.md; 2,000 SR steps, ~10-18 more minutes on 2 cores, "
                    "off by default)")
-    p.add_argument("--vq-outlined-fraction", type=float, default=0.0, help="also train the VQ-VAE on this many "
-                   "outlined-style renderings per scene (never shown to the transformer), so that "
-                   "bench/style_finetune.py can teach the style later (e.g. 0.2; default 0)")
+    p.add_argument("--vq-style-fraction", type=float, default=0.0, help="also train the VQ-VAE on this many "
+                   "renderings per scene in new styles (outlined and striped, never shown to the transformer), so "
+                   "that bench/style_finetune.py can teach a style later (e.g. 0.2; default 0)")
     p.set_defaults(func=run)
 
 
@@ -35,11 +35,11 @@ def run(args: argparse.Namespace) -> int:
 
     settings = dataclasses.replace(FAST if args.fast else DemoSettings(), seed=args.seed,
                                    super_resolution=args.super_resolution,
-                                   vq_outlined_fraction=args.vq_outlined_fraction)
+                                   vq_style_fraction=args.vq_style_fraction)
     if args.threads < 1:
         raise ConfigError(f"--threads {args.threads} must be >= 1")
-    if not 0.0 <= args.vq_outlined_fraction <= 1.0:
-        raise ConfigError(f"--vq-outlined-fraction {args.vq_outlined_fraction} must be between 0 and 1")
+    if not 0.0 <= args.vq_style_fraction <= 1.0:
+        raise ConfigError(f"--vq-style-fraction {args.vq_style_fraction} must be between 0 and 1")
     metrics = run_demo(args.out, settings, threads=args.threads)
     print(json.dumps({k: v for k, v in metrics.items() if k.endswith(("selection", "sample", "total_seconds"))}))
     print(f"report: {args.out}/report/summary.md (PNG grids in {args.out}/samples/)")

@@ -29,12 +29,12 @@ class DemoSettings:
     vq_code_dim: int = 32
     vq_downsample: int = 4  # 32 px -> 8x8 codes
     vq_batch: int = 64
-    # Outlined-style renderings per scene added to the VQ-VAE's training images (never to the transformer's): a
-    # tokenizer that saw only filled shapes cannot draw outlines (2 in 10 outlined images survive its round trip),
-    # so bench/style_finetune.py needs a demo run with this > 0 (`cogview demo --vq-outlined-fraction 0.2`: 97.5%
-    # survive). Off by default: with 0.2 the seed-0 demo scored 87.5% / 89.0% (held-out / seen, one sample)
-    # instead of 91.9% / 93.3%.
-    vq_outlined_fraction: float = 0.0
+    # Renderings per scene in the new styles (synth.NEW_STYLES, split evenly) added to the VQ-VAE's training images
+    # (never to the transformer's): a tokenizer that saw only filled shapes cannot draw them (2 in 10 outlined
+    # images survive its round trip), so bench/style_finetune.py needs a demo run with this > 0
+    # (`cogview demo --vq-style-fraction 0.2`). Off by default: the tokenizer then spends codes on styles the
+    # main demo never draws.
+    vq_style_fraction: float = 0.0
     gpt_iters: int = 2000
     caption_iters: int = 600  # fine-tuned from the text-to-image model
     batch_size: int = 64
@@ -60,7 +60,7 @@ FAST = DemoSettings(num_images=3000, vq_steps=150, vq_hidden=32, gpt_iters=120, 
 STAGE_FIELDS: tuple[tuple[str, ...], ...] = (
     ("seed", "num_images", "image_size"),
     ("text_vocab",),
-    ("vq_steps", "vq_hidden", "vq_codes", "vq_code_dim", "vq_downsample", "vq_batch", "vq_outlined_fraction"),
+    ("vq_steps", "vq_hidden", "vq_codes", "vq_code_dim", "vq_downsample", "vq_batch", "vq_style_fraction"),
     (),
     ("gpt_iters", "batch_size", "lr"),
     ("caption_iters",),
@@ -152,7 +152,7 @@ def run_demo(out: str | Path, settings: DemoSettings, log: Log = print, *, threa
     st = Stages(out, s, log, total=len(STAGE_FIELDS))
     synth, tok, shards, ckpt = out / "data" / "synth", out / "tokenizers", out / "data" / "shards", out / "checkpoints"
     sp_prefix, vq_dir = tok / "text", tok / "vqvae"
-    vq_extra = out / "data" / "synth-outlined"  # the tokenizer's extra outlined-style images (no captions used)
+    vq_extra = out / "data" / "synth-styles"  # the tokenizer's extra new-style images, a folder per style
 
     def do_synth() -> None:
         from data_utils.synth import write_synth
@@ -170,7 +170,7 @@ def run_demo(out: str | Path, settings: DemoSettings, log: Log = print, *, threa
 
     def do_vqvae() -> None:
         from data_utils.image_sources import find_images
-        from data_utils.synth import write_synth
+        from data_utils.synth import NEW_STYLES, write_synth
         from tokenization.vqvae.config import VQVAEConfig
         from tokenization.vqvae.train import TrainOptions, train_vqvae
 
@@ -180,11 +180,11 @@ def run_demo(out: str | Path, settings: DemoSettings, log: Log = print, *, threa
         # The tokenizer is unsupervised: it sees images of every combination (held-out ones included), and some
         # in a style pre-training never shows the transformer (another seed than the style bench's images).
         data = [str(synth / "images")]
-        extra = round(s.num_images * s.vq_outlined_fraction)
+        extra = round(s.num_images * s.vq_style_fraction / len(NEW_STYLES))
         vq_extra.mkdir(parents=True, exist_ok=True)  # a stage output either way (empty when the fraction is 0)
-        if extra:
-            write_synth(str(vq_extra), extra, s.image_size, s.seed + 2000, num_heldout=0, style="outlined")
-            data.append(str(vq_extra / "images"))
+        for k, style in enumerate(NEW_STYLES if extra else ()):
+            write_synth(str(vq_extra / style), extra, s.image_size, s.seed + 2000 + k, num_heldout=0, style=style)
+            data.append(str(vq_extra / style / "images"))
         opts = TrainOptions(data=data, out=vq_dir, steps=s.vq_steps, batch_size=s.vq_batch,
                             lr=2e-3, warmup_steps=min(100, s.vq_steps // 10), workers=0, save_every=10**9,
                             log_every=max(1, s.vq_steps // 6), seed=s.seed, resume=(vq_dir / "checkpoint.pt").exists())
