@@ -2,15 +2,16 @@
 
     python bench/style_finetune.py --demo-out demo_out --out style_out [--num-images 1000 --iters 300]
 
-0. needs a demo whose VQ-VAE can draw outlines (`cogview demo --vq-outlined-fraction 0.2`: the tokenizer, never
-   the transformer, saw outlined renderings); the round-trip fraction is reported, and below 50% the bench stops;
-1. renders --num-images synthetic shapes in the outlined style (pretraining saw only filled shapes);
+0. needs a demo whose VQ-VAE can draw the style (`cogview demo --vq-style-fraction 0.2`: the tokenizer, never
+   the transformer, saw renderings in the new styles); the round-trip fraction is reported, and below 50% the
+   bench stops;
+1. renders --num-images synthetic shapes in --style (outlined or striped; pretraining saw only filled shapes);
 2. `cogview preprocess --style outlined --caption-template TEMPLATE` on them (caption-free style data);
 3. `python -m finetune.style` from the demo's text-to-image checkpoint on the demo's shards mixed with the
    style shards (--data-weights 1,W);
 4. before and after: --samples images for the style caption (fraction read as outlined by
    data_utils.checker.check_style) and --per-prompt images for each of --prompts ordinary training captions
-   (colour/shape/position accuracy by check_image, and how many came out outlined);
+   (colour/shape/position accuracy by check_image, and how many came out in the style);
 5. writes OUT/report.json and OUT/before_after.png (style-caption grids, before left, after right).
 Targets (issue): style fraction >= 90% after, ordinary accuracy down by at most 5 points.
 """
@@ -28,13 +29,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-STYLE = "outlined"
-
-
 def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--demo-out", required=True, help="folder of a finished `cogview demo` run")
     p.add_argument("--out", required=True, help="working folder (data, checkpoint, samples, report)")
+    p.add_argument("--style", default="striped", choices=("outlined", "striped"), help="the new style to teach")
     p.add_argument("--num-images", type=int, default=1000, help="outlined-style training images")
     p.add_argument("--template", default="{style}",
                    help="style caption template (the demo's text budget is its longest caption, about 7 pieces; "
@@ -77,20 +76,20 @@ def _score(load: Path, tok: Any, style_caption: str, ordinary: list[dict], args:
     prompts = [(f"p{i:03d}", it["caption"]) for i, it in enumerate(ordinary)]
     recs = _generate(load, tok, prompts, args.per_prompt, folder / "ordinary", args.seed)
     want = {f"p{i:03d}": (it["color"], it["shape"], it["position"]) for i, it in enumerate(ordinary)}
-    correct, outlined = [], []
+    correct, styled = [], []
     for r in recs:
         if "error" in r:
             continue
         image = Image.open(folder / "ordinary" / r["file"]).convert("RGB")
         got = check_image(image)
         correct.append((got.color, got.shape, got.position) == want[r["id"]])
-        outlined.append(check_style(image) == STYLE)
-    return {"style_fraction": sum(s == STYLE for s in styles) / max(1, len(styles)), "style_samples": len(styles),
+        styled.append(check_style(image) == args.style)
+    return {"style_fraction": sum(s == args.style for s in styles) / max(1, len(styles)), "style_samples": len(styles),
             "ordinary_accuracy": sum(correct) / max(1, len(correct)), "ordinary_samples": len(correct),
-            "ordinary_outlined_fraction": sum(outlined) / max(1, len(outlined))}
+            "ordinary_style_fraction": sum(styled) / max(1, len(styled))}
 
 
-def _vq_ceiling(vq: Any, synth: Path, n: int = 200) -> float:
+def _vq_ceiling(vq: Any, synth: Path, style: str, n: int = 200) -> float:
     """Fraction of style training images still read as the style after the VQ-VAE round trip: the most the
     transformer can reach (a tokenizer that never saw the style cannot draw it)."""
     from PIL import Image
@@ -99,7 +98,7 @@ def _vq_ceiling(vq: Any, synth: Path, n: int = 200) -> float:
 
     files = sorted((synth / "images").glob("*.png"))[:n]
     decoded = vq.decode(vq.encode([Image.open(f).convert("RGB") for f in files]))
-    return sum(check_style(im) == STYLE for im in decoded) / max(1, len(decoded))
+    return sum(check_style(im) == style for im in decoded) / max(1, len(decoded))
 
 
 def main() -> int:
@@ -127,13 +126,13 @@ def main() -> int:
     started = time.time()
     synth = out / "style_synth"
     if not (synth / "splits.json").exists():
-        write_synth(str(synth), args.num_images, image_size, seed=args.seed + 1000, num_heldout=0, style=STYLE)
-    ceiling = _vq_ceiling(ImageTokenizer.from_pretrained(str(vq)), synth)
+        write_synth(str(synth), args.num_images, image_size, seed=args.seed + 1000, num_heldout=0, style=args.style)
+    ceiling = _vq_ceiling(ImageTokenizer.from_pretrained(str(vq)), synth, args.style)
     if ceiling < 0.5:
-        print(f"style_finetune: error: only {ceiling:.0%} of {STYLE} images survive {demo}'s VQ-VAE round trip (it "
-              f"never saw the style); run the demo with `cogview demo --vq-outlined-fraction 0.2`", file=sys.stderr)
+        print(f"style_finetune: error: only {ceiling:.0%} of {args.style} images survive {demo}'s VQ-VAE round trip "
+              f"(it never saw the style); run the demo with `cogview demo --vq-style-fraction 0.2`", file=sys.stderr)
         return 2
-    styles = StyleCaptions(args.template, style=STYLE)
+    styles = StyleCaptions(args.template, style=args.style)
     shards = out / "shards"
     pre = preprocess(PreprocessConfig((str(synth / "images"),), str(sp), str(vq), str(shards), seq_len=manifest.seq_len,
                                       samples_per_shard=1000, batch_size=256, styles=styles), log=print)
@@ -153,7 +152,7 @@ def main() -> int:
         rec = json.loads(line)
         seen.setdefault(rec["caption"], rec)
     ordinary = list(seen.values())[: args.prompts]
-    caption = styles.caption(STYLE)
+    caption = styles.caption(args.style)
     report = {"style_caption": caption, "style_caption_truncated_in": cut, "settings": vars(args),
               "vq_roundtrip_style_fraction": ceiling,
               "before": _score(before, tok, caption, ordinary, args, out / "samples" / "before"),

@@ -9,6 +9,7 @@ from megatron_cogview.dataclass_flags import add_flags, flag_values
 
 from .errors import DataError
 from .preprocess_config import PreprocessConfig
+from .synth import RENDER_STYLES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,8 +32,8 @@ def _add_synth(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed: the same seed gives the same dataset")
     p.add_argument("--lang", choices=("en", "zh"), default="en", help="language of the `caption` field")
     p.add_argument("--num-heldout", type=int, default=10, help="combinations kept out of training")
-    p.add_argument("--shape-style", choices=("filled", "outlined"), default="filled",
-                   help="how shapes are drawn (outlined: a style for fine-tuning demos)")
+    p.add_argument("--shape-style", choices=RENDER_STYLES, default="filled",
+                   help="how shapes are drawn (outlined, striped: new styles for fine-tuning demos)")
     p.set_defaults(func=_run_synth)
 
 
