@@ -25,7 +25,8 @@ from typing import Any, Callable
 import numpy as np
 
 Log = Callable[[str], None]
-SR_FIELDS = ((), ("sr_iters", "sr_lr"), ("sr_eval_scenes", "sr_temperature"))  # settings read by SR stage 1, 2, 3
+# settings read by SR stage 1, 2, 3
+SR_FIELDS = (("sr_crops_per_image",), ("sr_iters", "sr_lr"), ("sr_eval_per_prompt", "sr_eval_scenes", "sr_temperature"))
 SR_RECIPE = "code-windows-of-2x-scenes"  # how stage 1 makes the training pairs; a new recipe re-runs every SR stage
 
 
@@ -87,6 +88,7 @@ def run_superres(out: Path, settings: Any, log: Log, pretrain: Callable[..., Non
                                     text_tokenizer=str(tok / "text.model"), image_tokenizer=str(tok / "vqvae"),
                                     out=str(shards), seq_len=sr_seq_len(out, s), task="superres",
                                     image_size=2 * s.image_size, crop=s.image_size, crop_seed=s.seed,
+                                    crops_per_image=s.sr_crops_per_image,
                                     samples_per_shard=2000, batch_size=256), log=lambda m: log("    " + m))
 
     def do_finetune() -> None:
@@ -141,12 +143,12 @@ def evaluate_superres(out: Path, settings: Any, log: Log) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     size = settings.image_size
 
-    # 1) the best generated sample of every prompt of the main demo (held-out and seen captions)
+    # 1) the best generated samples of every prompt of the main demo (held-out and seen captions)
     sources, texts = [], []
     for group in ("heldout", "seen"):
         for line in (out / "samples" / group / "samples.jsonl").read_text().splitlines():
             rec = json.loads(line)
-            if "error" not in rec and rec.get("rank", rec.get("sample")) == 0:
+            if "error" not in rec and rec.get("rank", rec.get("sample")) < settings.sr_eval_per_prompt:
                 sources.append(Image.open(out / "samples" / group / rec["file"]).convert("RGB"))
                 texts.append(rec["prompt"])
     # 2) rendered scenes never used in training, with a true rendering at twice the pixels
