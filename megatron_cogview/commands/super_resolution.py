@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from megatron_cogview.config import ConfigError
+from megatron_cogview.generation.super_resolution import DEFAULT_ORDER, ORDERS
 
-ORDER_HELP = "window order of magnify: centre (centre first, then edges, then corners) or cogview (original code)"
+ORDER_HELP = (f"window order of magnify (default {DEFAULT_ORDER}): raster (row by row), centre (centre first, then "
+              "edges, then corners) or cogview (the original code's)")
 
 
 def add_chain_flags(p: argparse.ArgumentParser) -> None:
@@ -17,7 +19,7 @@ def add_chain_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--super-resolution", default="", metavar="SR_CHECKPOINT",
                    help="also write each kept sample at 2x the pixels with this super-resolution checkpoint "
                    "(after post-selection: with --keep only the best are magnified)")
-    p.add_argument("--sr-order", default="centre", choices=("centre", "cogview"), help=ORDER_HELP)
+    p.add_argument("--sr-order", default=DEFAULT_ORDER, choices=tuple(ORDERS), help=ORDER_HELP)
 
 
 def register(tasks: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -29,7 +31,7 @@ def register(tasks: argparse._SubParsersAction, common: Callable[[argparse.Argum
     p.add_argument("--mode", default="magnify", choices=("magnify", "single"),
                    help="magnify: g x g codes -> 2g x 2g by sliding windows (the 512 px path); single: one pass "
                    "g/2 x g/2 -> g x g, g being the grid the SR model was fine-tuned on")
-    p.add_argument("--order", default="centre", choices=("centre", "cogview"), help=ORDER_HELP)
+    p.add_argument("--order", default=DEFAULT_ORDER, choices=tuple(ORDERS), help=ORDER_HELP)
     p.add_argument("--out", default="superres", help="output folder (PNG per image and sample, superres.jsonl)")
     p.set_defaults(func=run_super_resolution)
 

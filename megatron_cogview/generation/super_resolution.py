@@ -4,8 +4,8 @@ An SR model is trained on `[ROI1] text [BASE] [BOI1] low [EOI1] [ROI2] [BASE] [B
 g/2 x g/2 low grid and a g x g high grid. `fill_cells` continues such prompts over the g*g high cells in
 raster order: cells marked `sample` are drawn, the others are given ids fed as context. `magnify` turns
 a g x g grid into 2g x 2g codes with a 3x3 plan of overlapping g/2 x g/2 windows at stride g/4, each
-window producing one g x g block of the output (see `window_plan`); cells written by an earlier window are
-given to the later ones, so every output cell is sampled exactly once.
+window producing one g x g block of the output (see `window_plan`, `ORDERS`); cells written by an earlier
+window are given to the later ones, so every output cell is sampled exactly once.
 
 Prompts come from a caller-supplied builder (token ids and position ids), so this layer never needs the
 tokenizers; position ids of the high cells continue from the prompt's last position.
@@ -32,7 +32,15 @@ ORDERS: dict[str, tuple[tuple[int, int], ...]] = {
     "centre": ((1, 1), (0, 1), (1, 0), (1, 2), (2, 1), (0, 0), (0, 2), (2, 0), (2, 2)),
     # The order of the original CogView code (row by row, with the centre moved before (1, 0)).
     "cogview": ((0, 0), (0, 1), (0, 2), (1, 1), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)),
+    # Row by row: a window's given cells then lie above it or to its left, so its sampled cells come after them
+    # in raster order (and see them) except for given cells diagonally below-left.
+    "raster": ((0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)),
 }
+# The default: in the centre-first order the windows above the centre sample their top rows before the given
+# rows below them, blind to them, and the shapes dent where windows meet. Demo (8x8 -> 16x16 codes, 640
+# generated samples, greedy): the checker read 85.8% of magnified images as their source with "centre",
+# 91.1% with "cogview" and 90.9% with "raster" (README, Super-resolution).
+DEFAULT_ORDER = "raster"
 
 
 @dataclass(frozen=True)
@@ -48,7 +56,7 @@ class Window:
     sample: torch.Tensor  # bool [g, g]: cells of the block this window draws (False = given by earlier windows)
 
 
-def window_plan(grid: int, order: str = "centre") -> list[Window]:
+def window_plan(grid: int, order: str = DEFAULT_ORDER) -> list[Window]:
     """The 9 windows that magnify a grid x grid code grid to 2*grid x 2*grid, in sampling order."""
     require(isinstance(grid, int) and grid >= 4 and grid % 4 == 0,
             f"a magnify grid must be a multiple of 4 (windows of grid/2 at stride grid/4), got {grid!r}")
@@ -186,7 +194,7 @@ def magnify(
     image_range: tuple[int, int],
     seeds: Sequence[int],
     *,
-    order: str = "centre",
+    order: str = DEFAULT_ORDER,
     use_cache: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:

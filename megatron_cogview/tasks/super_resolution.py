@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from megatron_cogview.generation import GenerationConfig, GenerationError
-from megatron_cogview.generation.super_resolution import PromptBuilder, fill_cells, magnify
+from megatron_cogview.generation.super_resolution import DEFAULT_ORDER, PromptBuilder, fill_cells, magnify
 from megatron_cogview.model import CogViewModel
 from tokenization.templates import sr_template, super_resolution_prompt
 from tokenization.unified import UnifiedTokenizer
@@ -103,7 +103,7 @@ def upscale(
 
 def magnify_codes(
     sr: SRModel, texts: Sequence[str], codes: torch.Tensor, config: GenerationConfig, seeds: Sequence[int],
-    log: Log = print, order: str = "centre", use_cache: bool = True,
+    log: Log = print, order: str = DEFAULT_ORDER, use_cache: bool = True,
 ) -> torch.Tensor:
     """Sliding windows: raw codes [b, g, g] -> raw codes [b, 2g, 2g]."""
     _check_grid(codes, sr.grid, "magnify inputs")
@@ -118,7 +118,7 @@ def magnify_codes(
 
 def super_resolve(
     sr: SRModel, texts: Sequence[str], codes: torch.Tensor, config: GenerationConfig, seeds: Sequence[int],
-    mode: str = "magnify", log: Log = print, order: str = "centre",
+    mode: str = "magnify", log: Log = print, order: str = DEFAULT_ORDER,
 ) -> torch.Tensor:
     """Raw codes at the mode's input grid -> raw codes at twice the grid (see upscale / magnify_codes)."""
     if mode not in MODES:

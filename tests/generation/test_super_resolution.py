@@ -25,11 +25,11 @@ def builder(texts: list[list[int]]):
     return build
 
 
+@pytest.mark.parametrize("order", sorted(ORDERS))
 @pytest.mark.parametrize("grid", [8, 16, 32])
-def test_window_plan_covers_the_grid_centre_first_each_cell_once(grid: int) -> None:
-    plan = window_plan(grid)
-    assert [(w.row, w.col) for w in plan] == list(ORDERS["centre"])
-    assert (plan[0].row, plan[0].col) == (1, 1) and {(w.row, w.col) for w in plan[1:5]} == {(0, 1), (1, 0), (1, 2), (2, 1)}
+def test_window_plan_covers_the_grid_each_cell_once(grid: int, order: str) -> None:
+    plan = window_plan(grid, order)
+    assert [(w.row, w.col) for w in plan] == list(ORDERS[order]) and len(set(ORDERS[order])) == 9
     drawn = torch.zeros(2 * grid, 2 * grid, dtype=torch.long)
     covered = torch.zeros_like(drawn)
     for w in plan:
@@ -41,8 +41,32 @@ def test_window_plan_covers_the_grid_centre_first_each_cell_once(grid: int) -> N
         covered[w.high_top : w.high_top + grid, w.high_left : w.high_left + grid] += 1
     assert torch.equal(drawn, torch.ones_like(drawn))  # every cell sampled exactly once
     assert int(covered.min()) >= 1 and int(plan[0].sample.sum()) == grid * grid
-    cogview = window_plan(grid, "cogview")
-    assert [(w.row, w.col) for w in cogview][:4] == [(0, 0), (0, 1), (0, 2), (1, 1)]
+
+
+def test_window_orders() -> None:
+    centre = [(w.row, w.col) for w in window_plan(8, "centre")]
+    assert centre[0] == (1, 1) and set(centre[1:5]) == {(0, 1), (1, 0), (1, 2), (2, 1)}  # then edges, then corners
+    assert [(w.row, w.col) for w in window_plan(8, "cogview")][:4] == [(0, 0), (0, 1), (0, 2), (1, 1)]
+    assert [(w.row, w.col) for w in window_plan(8)] == [(r, c) for r in range(3) for c in range(3)]  # the default
+
+
+def _blind_pairs(plan) -> int:
+    """(sampled cell, given cell) pairs of a window where the given cell comes later in raster order (so the
+    sampled one cannot see it) and is not diagonally below-left of it."""
+    count = 0
+    for w in plan:
+        cells = w.sample.flatten().tolist()
+        g = w.sample.size(0)
+        for s, drawn in enumerate(cells):
+            if drawn:
+                count += sum(1 for t in range(s + 1, len(cells))
+                             if not cells[t] and not (t // g > s // g and t % g < s % g))
+    return count
+
+
+def test_the_raster_plan_lets_every_window_see_its_given_cells() -> None:
+    assert _blind_pairs(window_plan(8, "raster")) == 0
+    assert _blind_pairs(window_plan(8, "centre")) > 0 and _blind_pairs(window_plan(8, "cogview")) > 0
 
 
 def test_window_plan_rejects_bad_grids() -> None:
