@@ -45,6 +45,8 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--prompts", type=int, default=12, help="ordinary training captions to score")
     p.add_argument("--per-prompt", type=int, default=4, help="images per ordinary caption")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sample-seed", type=int, default=None,
+                   help="seed of the scored samples only (default --seed): another draw from the same checkpoints")
     return p.parse_args()
 
 
@@ -64,6 +66,10 @@ def _generate(load: Path, tok: Any, prompts: list[tuple[str, str]], n: int, fold
     return generate_images(model, tok, lines, n, config, folder, log=lambda m: None)
 
 
+def _sample_seed(args: argparse.Namespace) -> int:
+    return args.seed if args.sample_seed is None else args.sample_seed
+
+
 def _score(load: Path, tok: Any, style_caption: str, ordinary: list[dict], args: argparse.Namespace,
            folder: Path) -> dict[str, Any]:
     """Style fraction for the style caption and attribute accuracy on ordinary captions, for one checkpoint."""
@@ -71,10 +77,10 @@ def _score(load: Path, tok: Any, style_caption: str, ordinary: list[dict], args:
 
     from data_utils.checker import check_image, check_style
 
-    recs = _generate(load, tok, [("style", style_caption)], args.samples, folder / "style", args.seed)
+    recs = _generate(load, tok, [("style", style_caption)], args.samples, folder / "style", _sample_seed(args))
     styles = [check_style(Image.open(folder / "style" / r["file"])) for r in recs if "error" not in r]
     prompts = [(f"p{i:03d}", it["caption"]) for i, it in enumerate(ordinary)]
-    recs = _generate(load, tok, prompts, args.per_prompt, folder / "ordinary", args.seed)
+    recs = _generate(load, tok, prompts, args.per_prompt, folder / "ordinary", _sample_seed(args))
     want = {f"p{i:03d}": (it["color"], it["shape"], it["position"]) for i, it in enumerate(ordinary)}
     correct, styled = [], []
     for r in recs:

@@ -11,6 +11,9 @@ from .synth import COLORS, Combination, outline_width
 
 _PALETTE = np.array(list(COLORS.values()), dtype=np.float32)  # [c, 3]
 _NAMES = list(COLORS)
+# Shape by the fraction of its bounding box a blob fills: a square fills 1, a disc pi/4, a triangle 1/2.
+SQUARE_FILL = 0.9  # above: square
+CIRCLE_FILL = 0.645  # above (up to SQUARE_FILL): circle; below: triangle
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,11 @@ class CheckResult:
     shape: str | None
     position: str | None
     fill: float = 0.0  # fraction of the bounding box covered by the shape
+
+    @property
+    def shape_margin(self) -> float:
+        """Distance of `fill` from the nearest shape threshold: small values are readings a few pixels can flip."""
+        return min(abs(self.fill - SQUARE_FILL), abs(self.fill - CIRCLE_FILL))
 
     @property
     def combination(self) -> Combination | None:
@@ -82,7 +90,7 @@ def check_image(image: Image.Image | np.ndarray, threshold: float = 60.0) -> Che
     position = ("top" if cy < h / 2 else "bottom") + " " + ("left" if cx < w / 2 else "right")
     box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
     fill = float(mask.sum() / box)
-    shape = "square" if fill > 0.9 else "circle" if fill > 0.645 else "triangle"
+    shape = "square" if fill > SQUARE_FILL else "circle" if fill > CIRCLE_FILL else "triangle"
     return CheckResult(color, shape, position, fill)
 
 
