@@ -188,8 +188,8 @@ def evaluate_superres(out: Path, settings: Any, log: Log) -> dict[str, Any]:
     }
     _write_report(out, result, small, big[len(sources):], truth, sources, big[: len(sources)])
     log(f"    magnified {len(sources)} generated samples: checker reads {100 * result['checker_agreement']:.1f}% the "
-        f"same as the source (bicubic {100 * result['bicubic_checker_agreement']:.1f}%); scenes: PSNR {result['psnr_ours_db']:.1f} dB (bicubic "
-        f"{result['psnr_bicubic_db']:.1f} dB)")
+        f"same as the source (bicubic {100 * result['bicubic_checker_agreement']:.1f}%); scenes: PSNR "
+        f"{result['psnr_ours_db']:.1f} dB (bicubic {result['psnr_bicubic_db']:.1f} dB)")
     return result
 
 
