@@ -96,6 +96,15 @@ def test_checker_inputs_and_blank_image():
     assert blank.combination is None
 
 
+def test_shape_margin_is_the_fill_distance_to_the_nearest_threshold():
+    square = np.full((32, 32, 3), 255, np.uint8)
+    square[4:14, 4:14] = (220, 20, 20)  # a 10 x 10 square: fill 1.0
+    assert checker.check_image(square).shape_margin == pytest.approx(1.0 - checker.SQUARE_FILL)
+    square[4, 4] = square[4, 13] = 255  # two corners cut: fill 0.98
+    assert checker.check_image(square).shape_margin == pytest.approx(0.98 - checker.SQUARE_FILL)
+    assert checker.CheckResult("red", "circle", "top left", 0.66).shape_margin == pytest.approx(0.66 - checker.CIRCLE_FILL)
+
+
 def test_synth_rejects_bad_arguments(tmp_path):
     with pytest.raises(DataError, match="--num"):
         synth.write_synth(str(tmp_path), 0)

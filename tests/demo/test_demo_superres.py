@@ -32,6 +32,7 @@ def test_demo_super_resolution_stages(finished_demo: Path, capsys: pytest.Captur
     assert capsys.readouterr().out.count("done before, skipped") == len(STAGE_FIELDS)  # only the SR stages ran
     result = json.loads((demo / "report" / "superres.json").read_text())
     assert result["generated_magnified"] > 0 and 0.0 <= result["checker_agreement"] <= 1.0
+    assert 0.0 <= result["bicubic_checker_agreement"] <= 1.0 and result["clear_sources"] <= result["generated_magnified"]
     assert result["psnr_ours_db"] > 10.0 and result["psnr_bicubic_db"] > 10.0
     assert (demo / "report" / "superres.png").is_file() and "PSNR" in (demo / "report" / "superres.md").read_text()
     magnified = sorted((demo / "samples" / "superres").glob("*.x2.png"))
