@@ -49,6 +49,11 @@ def caption_for(color: str, shape: str, position: str, lang: str = "en") -> str:
     raise DataError(f"unknown caption language {lang!r}; use one of {', '.join(LANGS)}")
 
 
+def combination_for_caption(caption: str) -> Combination | None:
+    """The combination a caption of caption_for (any language) describes; None for any other text."""
+    return _CAPTION_COMBINATIONS.get(caption.strip())
+
+
 @dataclass(frozen=True)
 class ShapeSample:
     """The attributes of one synthetic image (everything needed to render it again)."""
@@ -74,6 +79,11 @@ class ShapeSample:
 def all_combinations() -> list[Combination]:
     """Every (colour, shape, position) triple, in a fixed order."""
     return list(itertools.product(COLORS, SHAPES, POSITIONS))
+
+
+_CAPTION_COMBINATIONS: dict[str, Combination] = {
+    caption_for(*c, lang=lang): c for c in all_combinations() for lang in LANGS
+}
 
 
 def _pairs_covered(combos: list[Combination]) -> bool:

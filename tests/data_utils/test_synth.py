@@ -50,6 +50,14 @@ def test_captions_english_and_chinese():
     assert len(zh) == len(synth.all_combinations())  # every combination has its own Chinese caption
 
 
+def test_combination_for_caption_reads_every_caption_back():
+    for lang in synth.LANGS:
+        for sample in synth.iter_samples(200, seed=3):
+            assert synth.combination_for_caption(sample.caption(lang)) == sample.combination
+    assert synth.combination_for_caption(" a red circle at the top left\n") == ("red", "circle", "top left")
+    assert synth.combination_for_caption("a red circle") is None and synth.combination_for_caption("") is None
+
+
 def test_write_synth_files(tmp_path):
     summary = synth.write_synth(str(tmp_path), 300, image_size=32, seed=5, lang="zh", num_heldout=10)
     train = [json.loads(line) for line in open(tmp_path / "captions.jsonl", encoding="utf-8")]

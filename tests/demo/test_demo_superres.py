@@ -33,6 +33,9 @@ def test_demo_super_resolution_stages(finished_demo: Path, capsys: pytest.Captur
     result = json.loads((demo / "report" / "superres.json").read_text())
     assert result["generated_magnified"] > 0 and 0.0 <= result["checker_agreement"] <= 1.0
     assert 0.0 <= result["bicubic_checker_agreement"] <= 1.0 and result["clear_sources"] <= result["generated_magnified"]
+    assert result["on_caption_sources"] + result["off_caption_sources"] == result["generated_magnified"]
+    for key in ("on_caption_kept", "bicubic_on_caption_kept", "off_caption_moved_to_caption"):
+        assert 0.0 <= result[key] <= 1.0
     assert result["psnr_ours_db"] > 10.0 and result["psnr_bicubic_db"] > 10.0
     assert (demo / "report" / "superres.png").is_file() and "PSNR" in (demo / "report" / "superres.md").read_text()
     magnified = sorted((demo / "samples" / "superres").glob("*.x2.png"))
