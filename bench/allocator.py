@@ -12,41 +12,24 @@ import os
 import sys
 from pathlib import Path
 
-CANDIDATES = (
-    "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
-    "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4",
-    "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
-    "/usr/lib64/libtcmalloc_minimal.so.4",
-    "/usr/lib/libtcmalloc_minimal.so.4",
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from megatron_cogview.allocator import loaded_allocator, with_tcmalloc  # noqa: E402
+
+__all__ = ["loaded_allocator", "use_fair_allocator"]
 _GUARD = "BENCH_ALLOCATOR_REEXEC"
 
 
-def find_tcmalloc() -> str | None:
-    """Path of a system tcmalloc shared library, or None."""
-    return next((p for p in CANDIDATES if Path(p).is_file()), None)
-
-
-def loaded_allocator() -> str:
-    """Which allocator this process runs with: 'tcmalloc (<path>)' or 'glibc malloc'."""
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        maps = ""
-    libs = sorted({line.split()[-1] for line in maps.splitlines() if "tcmalloc" in line or "jemalloc" in line})
-    return f"{'tcmalloc' if any('tcmalloc' in lib for lib in libs) else 'jemalloc'} ({libs[0]})" if libs else "glibc malloc"
-
-
 def use_fair_allocator() -> str:
-    """Re-exec under tcmalloc if available and not yet loaded (BENCH_ALLOCATOR=system opts out); return its name."""
+    """Re-exec under tcmalloc if available and not yet loaded (BENCH_ALLOCATOR=system or COGVIEW_ALLOCATOR=system
+    opt out); return the allocator's name."""
     current = loaded_allocator()
     if current != "glibc malloc" or os.environ.get("BENCH_ALLOCATOR") == "system" or os.environ.get(_GUARD):
         return current
-    lib = find_tcmalloc()
-    if lib is None:
-        return current
-    preload = " ".join(x for x in (lib, os.environ.get("LD_PRELOAD", "")) if x)
-    env = {**os.environ, "LD_PRELOAD": preload, _GUARD: "1"}
+    env = with_tcmalloc(os.environ)
+    if env.get("LD_PRELOAD") == os.environ.get("LD_PRELOAD"):
+        return current  # no tcmalloc on this system
+    env[_GUARD] = "1"
     sys.stdout.flush()
     os.execve(sys.executable, [sys.executable, *sys.argv], env)
     return current  # not reached

@@ -6,6 +6,7 @@ import importlib
 import sys
 from typing import Callable, Sequence
 
+from megatron_cogview.allocator import reexec_with_tcmalloc
 from megatron_cogview.errors import exit_on_user_error
 
 # (module, function) pairs; each function is `register(subparsers) -> None` and adds one or more
@@ -47,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    if argv is None and getattr(args, "prefers_tcmalloc", False):
+        # a command line (not a call from Python) of a command that allocates heavily in this process: restart it
+        # once with tcmalloc preloaded when the system has it (megatron_cogview/allocator.py)
+        reexec_with_tcmalloc()
     try:
         return exit_on_user_error(f"cogview {args.command}", lambda: args.func(args))
     except KeyboardInterrupt:

@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--vq-style-fraction", type=float, default=0.0, help="also train the VQ-VAE on this many "
                    "renderings per scene in new styles (outlined and striped, never shown to the transformer), so "
                    "that bench/style_finetune.py can teach a style later (e.g. 0.2; default 0)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, prefers_tcmalloc=True)  # its stages train and sample in this process and in children
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+from megatron_cogview.allocator import loaded_allocator, with_tcmalloc
 
 Log = Callable[[str], None]
 
@@ -121,7 +124,7 @@ def _pretrain(args: list[str], log_file: Path, log: Log, module: str = "megatron
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("w", encoding="utf-8") as f, subprocess.Popen(
         [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": str(threads)},
+        env=with_tcmalloc({**os.environ, "OMP_NUM_THREADS": str(threads)}),
     ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -151,6 +154,9 @@ def run_demo(out: str | Path, settings: DemoSettings, log: Log = print, *, threa
     from megatron_cogview.demo.report import write_report
 
     torch.set_num_threads(threads)
+    here, children = loaded_allocator(), with_tcmalloc(os.environ).get("LD_PRELOAD", "")
+    log(f"allocator: {here}; training processes: {'tcmalloc' if 'tcmalloc' in children else 'glibc malloc'}"
+        + ("" if "tcmalloc" in here + children else " (faster with tcmalloc: apt-get install libtcmalloc-minimal4)"))
     pretrain = functools.partial(_pretrain, threads=threads)
     out = Path(out).resolve()
     s = settings

@@ -7,6 +7,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from megatron_cogview.allocator import loaded_allocator
 from megatron_cogview.demo.figures import read_curve, sample_grid, training_curves, vqvae_reconstructions
 from megatron_cogview.demo.metrics import metrics_table
 
@@ -31,6 +32,7 @@ def write_report(out: Path, settings: Any, _times: dict[str, float]) -> dict[str
         "evaluation": evaluation,
         "stage_seconds": times, "total_seconds": round(sum(times.values()), 1),
         "settings": dataclasses.asdict(settings), "seed": settings.seed, "machine": platform.platform(),
+        "allocator": loaded_allocator(),
     }
     curves = {"pre-training (text-to-image)": read_curve(out / "logs" / "pretrain.log"),
               "caption model (image-to-text)": read_curve(out / "logs" / "caption.log")}
