@@ -198,7 +198,7 @@ def run_demo(out: str | Path, settings: DemoSettings, log: Log = print, *, threa
             write_synth(str(vq_extra / style), extra, s.image_size, s.seed + 2000 + k, num_heldout=0, style=style)
             data.append(str(vq_extra / style / "images"))
         opts = TrainOptions(data=data, out=vq_dir, steps=s.vq_steps, batch_size=s.vq_batch,
-                            lr=2e-3, warmup_steps=min(100, s.vq_steps // 10), workers=0, save_every=10**9,
+                            lr=2e-3, warmup_steps=min(100, s.vq_steps // 10), workers=0, cache_images=True, save_every=10**9,
                             log_every=max(1, s.vq_steps // 6), seed=s.seed, resume=(vq_dir / "checkpoint.pt").exists())
         train_vqvae(cfg, opts, find_images(opts.data), log=lambda m: log("    " + m))
 

@@ -139,6 +139,24 @@ def test_broken_image_is_skipped(tmp_path: Path, shapes_dir: Path) -> None:
     assert dataset[0].shape == (3, 32, 32)
 
 
+def test_image_cache_returns_the_same_tensors_without_reading_again(tmp_path: Path, shapes_dir: Path) -> None:
+    from PIL import Image
+
+    for i, src in enumerate(sorted(shapes_dir.iterdir())[:6]):
+        (tmp_path / f"{i}.png").write_bytes(src.read_bytes())
+    Image.open(tmp_path / "0.png").resize((48, 48), Image.BICUBIC).save(tmp_path / "big.png")  # resized on the way in
+    sources = find_images([str(tmp_path)])
+    plain = ImageFolderDataset(sources, 32, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    cached = ImageFolderDataset(sources, 32, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), cache=True)
+    expected = [plain[i] for i in range(len(sources))]
+    assert all(torch.equal(cached[i], expected[i]) for i in range(len(sources)))  # first read: from the files
+    for f in tmp_path.glob("*.png"):
+        f.unlink()
+    assert all(torch.equal(cached[i], expected[i]) for i in range(len(sources)))  # then from memory, bit for bit
+    with pytest.raises(TokenizationError, match="unreadable"):
+        plain[0]  # without the cache the files are read again (and are gone)
+
+
 def test_cli_train_vqvae_on_tars_with_workers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for i in range(2):
         _write_tar(tmp_path / f"data-{i}.tar", 8, seed=10 + i)

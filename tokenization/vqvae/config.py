@@ -138,6 +138,8 @@ class TrainOptions:
     weight_decay: float = option(0.0, "AdamW weight decay")
     grad_clip: float = option(1.0, "max gradient norm (0: off)")
     workers: int = option(4, "DataLoader worker processes")
+    cache_images: bool = option(False, "keep every image's decoded pixels in memory after its first read (uint8: "
+                                "3 x size^2 bytes per image and loader process; for small images read every epoch)")
     save_every: int = option(2000, "checkpoint + export every N steps")
     log_every: int = option(100, "log metrics averaged over N steps")
     seed: int = option(0, "seed of initialisation and data order")

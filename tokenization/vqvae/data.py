@@ -21,13 +21,17 @@ class ImageFolderDataset(Dataset):
     """Map-style dataset of normalised image tensors [c, S, S]; unreadable images are replaced by the next one."""
 
     def __init__(
-        self, sources: Sequence[ImageSource], image_size: int, mean: Sequence[float], std: Sequence[float]
+        self, sources: Sequence[ImageSource], image_size: int, mean: Sequence[float], std: Sequence[float],
+        cache: bool = False,
     ) -> None:
         self.sources = list(sources)
         self.image_size = image_size
         self.mean, self.std = tuple(mean), tuple(std)
         self._handles: dict[str, io.BufferedReader] = {}
         self._warned = False
+        # cache: each item's decoded, resized pixels kept as uint8 after its first read (3 x size^2 bytes per item,
+        # per loader process); the [0, 1] floats are k / 255, so the uint8 copy gives back the same tensor
+        self._cache: dict[int, torch.Tensor] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -49,6 +53,15 @@ class ImageFolderDataset(Dataset):
             return pil_to_tensor(resize_center_crop(to_rgb(image), self.image_size))
 
     def __getitem__(self, index: int) -> torch.Tensor:
+        if self._cache is not None and index in self._cache:
+            return normalize(self._cache[index].float().div_(255.0), self.mean, self.std)
+        image = self._read(index)
+        if self._cache is not None:
+            self._cache[index] = image.mul(255.0).round_().to(torch.uint8)
+        return normalize(image, self.mean, self.std)
+
+    def _read(self, index: int) -> torch.Tensor:
+        """Pixels [3, S, S] in [0, 1] of item `index` (the next readable image when it cannot be read)."""
         for attempt in range(16):
             source = self.sources[(index + attempt) % len(self.sources)]
             try:
@@ -62,7 +75,7 @@ class ImageFolderDataset(Dataset):
             raise TokenizationError(
                 f"16 images in a row near {self.sources[index].path!r} are unreadable; check --data"
             )
-        return normalize(image, self.mean, self.std)
+        return image
 
 
 class ResumableBatchSampler(Sampler[list[int]]):

@@ -201,7 +201,8 @@ def _train(
             f"{str(out)!r} already holds a training checkpoint; pass --resume to continue it or pick a new --out"
         )
 
-    dataset = ImageFolderDataset(sources, config.image_size, config.normalize_mean, config.normalize_std)
+    dataset = ImageFolderDataset(sources, config.image_size, config.normalize_mean, config.normalize_std,
+                                 cache=options.cache_images)
     torch.manual_seed(options.seed)  # the same on every rank: same initial weights and codebook draws
     model = VQVAE(config).to(device)
     model.quantizer.distributed = world.size > 1
