@@ -14,22 +14,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megatron_cogview.allocator import loaded_allocator, with_tcmalloc  # noqa: E402
+from megatron_cogview.allocator import loaded_allocator, reexec_with_tcmalloc  # noqa: E402
 
 __all__ = ["loaded_allocator", "use_fair_allocator"]
-_GUARD = "BENCH_ALLOCATOR_REEXEC"
 
 
 def use_fair_allocator() -> str:
     """Re-exec under tcmalloc if available and not yet loaded (BENCH_ALLOCATOR=system or COGVIEW_ALLOCATOR=system
     opt out); return the allocator's name."""
-    current = loaded_allocator()
-    if current != "glibc malloc" or os.environ.get("BENCH_ALLOCATOR") == "system" or os.environ.get(_GUARD):
-        return current
-    env = with_tcmalloc(os.environ)
-    if env.get("LD_PRELOAD") == os.environ.get("LD_PRELOAD"):
-        return current  # no tcmalloc on this system
-    env[_GUARD] = "1"
-    sys.stdout.flush()
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
-    return current  # not reached
+    if os.environ.get("BENCH_ALLOCATOR") != "system":
+        reexec_with_tcmalloc()  # returns only when nothing is to be done
+    return loaded_allocator()

@@ -162,7 +162,8 @@ def evaluate_superres(out: Path, settings: Any, log: Log) -> dict[str, Any]:
     high = magnify_codes(sr, texts + [sc.caption() for sc in scenes], codes, config, seeds, log)
     big = vq.decode(high)  # 2x the pixels
     read = [check_image(a) for a in sources]
-    agree = [check_image(b).combination == r.combination for r, b in zip(read, big)]
+    read_big = [check_image(b) for b in big[: len(sources)]]
+    agree = [b.combination == r.combination for r, b in zip(read, read_big)]
     # references: bicubic 2x of the source under the same checker, and the sources whose reading is clear (fill
     # at least CLEAR_MARGIN from a shape threshold: nearer ones flip with a few pixels, whatever upsamples them)
     bicubic_agree = [check_image(a.resize((2 * size, 2 * size), Image.BICUBIC)).combination == r.combination
@@ -175,7 +176,7 @@ def evaluate_superres(out: Path, settings: Any, log: Log) -> dict[str, Any]:
     on_caption = [r.combination == w for r, w in zip(read, wanted)]
     kept = [ok for ok, on in zip(agree, on_caption) if on]
     bicubic_kept = [ok for ok, on in zip(bicubic_agree, on_caption) if on]
-    to_caption = [check_image(b).combination == w for b, w, on in zip(big, wanted, on_caption) if not on]
+    to_caption = [b.combination == w for b, w, on in zip(read_big, wanted, on_caption) if not on]
     ours, bicubic, recon = [], [], []
     decoded_small = vq.decode(codes[len(sources):])
     for i, (lo, hi, t) in enumerate(zip(small, big[len(sources):], truth)):
