@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 Log = Callable[[str], None]
 RADII = (0, 1, 2, 4, 8)
+ROUND_TRIP_IMAGES = 2000  # held-out real images read after a VQ-VAE round trip (the tokenizer's ceiling)
 
 
 def demo_metrics(out: Path, settings: Any, log: Log) -> dict[str, Any]:
@@ -39,9 +40,27 @@ def demo_metrics(out: Path, settings: Any, log: Log) -> dict[str, Any]:
             f"[{100 * one['accuracy_ci95'][0]:.0f}-{100 * one['accuracy_ci95'][1]:.0f}] -> {100 * best['accuracy']:.1f}% "
             f"[{100 * best['accuracy_ci95'][0]:.0f}-{100 * best['accuracy_ci95'][1]:.0f}] (one sample -> best of "
             f"{settings.rerank_group} by CapLoss)")
+    results["tokenizer_round_trip"] = _tokenizer_round_trip(out, lambda im: check_image(im).combination)
+    rt = results["tokenizer_round_trip"]
+    log(f"    VQ-VAE round trip of {rt['images']} held-out real images: checker right on {100 * rt['accuracy']:.1f}% "
+        "(the most a generated image can score through this tokenizer)")
     (out / "eval").mkdir(parents=True, exist_ok=True)
     (out / "eval" / "demo_metrics.json").write_text(json.dumps(results, indent=1))
     return results
+
+
+def _tokenizer_round_trip(out: Path, read: Callable[[Any], Any]) -> dict[str, Any]:
+    """Checker accuracy on the first ROUND_TRIP_IMAGES held-out real images after encode -> decode."""
+    from PIL import Image
+
+    from megatron_cogview.evaluation.round_trip import round_trip_reading
+    from tokenization.image import ImageTokenizer
+
+    synth = out / "data" / "synth"
+    records = [json.loads(x) for x in (synth / "heldout.jsonl").read_text().splitlines()][:ROUND_TRIP_IMAGES]
+    images = [Image.open(synth / r["image"]).convert("RGB") for r in records]
+    expected = [(r["color"], r["shape"], r["position"]) for r in records]
+    return round_trip_reading(ImageTokenizer.from_pretrained(str(out / "tokenizers" / "vqvae")), images, expected, read)
 
 
 def metrics_table(results: dict[str, Any]) -> list[str]:
@@ -61,4 +80,9 @@ def metrics_table(results: dict[str, Any]) -> list[str]:
             cap = f"{row['caption_loss']:.3f}" if "caption_loss" in row else "-"
             lines.append(f"| {names[group]}: {g['captions']} | {row['trials']} | {label} | "
                          f"{100 * row['accuracy']:.1f}% [{100 * lo:.0f}-{100 * hi:.0f}] | {cap} | {fids} |")
+    rt = results.get("tokenizer_round_trip")
+    if rt is not None:  # runs from before this row was measured have none
+        lo, hi = rt["accuracy_ci95"]
+        lines.append(f"| held-out real images through the VQ-VAE (the ceiling) | {rt['images']} | encode -> decode | "
+                     f"{100 * rt['accuracy']:.1f}% [{100 * lo:.0f}-{100 * hi:.0f}] | - |" + " - |" * len(RADII))
     return lines

@@ -27,6 +27,7 @@ import numpy as np
 Log = Callable[[str], None]
 # settings read by SR stage 1, 2, 3
 SR_FIELDS = (("sr_crops_per_image",), ("sr_iters", "sr_lr"), ("sr_eval_per_prompt", "sr_eval_scenes", "sr_temperature"))
+ROUND_TRIP_SCENES = 512  # true 2x renderings read after a VQ-VAE round trip (the tokenizer's ceiling at 2x)
 CLEAR_MARGIN = 0.05  # fill distance from the checker's shape thresholds of a "clearly read" source
 SR_RECIPE = "code-windows-of-2x-scenes"  # how stage 1 makes the training pairs; a new recipe re-runs every SR stage
 
@@ -125,6 +126,7 @@ def evaluate_superres(out: Path, settings: Any, log: Log) -> dict[str, Any]:
     from data_utils.checker import check_image
     from data_utils.synth import combination_for_caption, iter_samples, render
     from megatron_cogview.checkpoint.load import load_model
+    from megatron_cogview.evaluation.round_trip import round_trip_reading
     from megatron_cogview.generation import GenerationConfig
     from megatron_cogview.parallel import ParallelState
     from megatron_cogview.tasks.super_resolution import SRModel, magnify_codes, sr_grid
@@ -187,6 +189,10 @@ def evaluate_superres(out: Path, settings: Any, log: Log) -> dict[str, Any]:
     for i, im in enumerate(big):
         im.save(folder / f"{i:03d}.x2.png")
     scene_ok = [check_image(b).combination == sc.combination for b, sc in zip(big[len(sources):], scenes)]
+    # 3) the tokenizer's ceiling at the magnified size: true 2x renderings of new scenes through encode -> decode
+    rt_scenes = list(iter_samples(ROUND_TRIP_SCENES, settings.seed, start=settings.num_images + 20_000))
+    round_trip = round_trip_reading(vq, [render(sc, 2 * size) for sc in rt_scenes], [sc.combination for sc in rt_scenes],
+                                    lambda im: check_image(im).combination, image_size=2 * size)
     result = {
         "generated_magnified": len(sources), "checker_agreement": float(np.mean(agree)) if agree else 0.0,
         "bicubic_checker_agreement": float(np.mean(bicubic_agree)) if agree else 0.0,
@@ -197,7 +203,8 @@ def evaluate_superres(out: Path, settings: Any, log: Log) -> dict[str, Any]:
         "off_caption_moved_to_caption": float(np.mean(to_caption)) if to_caption else 0.0,
         "scenes": len(scenes), "scene_checker_accuracy": float(np.mean(scene_ok)),
         "psnr_ours_db": float(np.mean(ours)), "psnr_bicubic_db": float(np.mean(bicubic)),
-        "psnr_vq_then_bicubic_db": float(np.mean(recon)), "grid": f"{sr.grid}x{sr.grid} -> {2 * sr.grid}x{2 * sr.grid}",
+        "psnr_vq_then_bicubic_db": float(np.mean(recon)), "round_trip_2x": round_trip,
+        "grid": f"{sr.grid}x{sr.grid} -> {2 * sr.grid}x{2 * sr.grid}",
     }
     _write_report(out, result, small, big[len(sources):], truth, sources, big[: len(sources)])
     log(f"    magnified {len(sources)} generated samples: checker reads {100 * result['checker_agreement']:.1f}% the "
@@ -246,6 +253,8 @@ def _write_report(out: Path, result: dict[str, Any], small: list, big: list, tru
         f"{r['on_caption_sources']}: {100 * r['on_caption_kept']:.1f}% ({100 * r['bicubic_on_caption_kept']:.1f}%) |",
         f"| sources that differ from their caption: magnified image reads as the caption | "
         f"{r['off_caption_sources']}: {100 * r['off_caption_moved_to_caption']:.1f}% |",
+        f"| true 64 px renderings through the VQ-VAE, checker right (the ceiling at 64 px) | "
+        f"{r['round_trip_2x']['images']}: {100 * r['round_trip_2x']['accuracy']:.1f}% |",
         f"| rendered scenes magnified (checker right) | {r['scenes']} ({100 * r['scene_checker_accuracy']:.1f}%) |",
         f"| PSNR vs a true 64 px rendering: ours | {r['psnr_ours_db']:.2f} dB |",
         f"| PSNR: bicubic upsampling of the 32 px image | {r['psnr_bicubic_db']:.2f} dB |",

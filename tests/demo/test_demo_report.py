@@ -11,6 +11,7 @@ from PIL import Image
 
 from megatron_cogview.cli import main
 from megatron_cogview.demo.figures import LABEL_W, PAD, SCALE, SHOWN, read_curve
+from megatron_cogview.demo.metrics import ROUND_TRIP_IMAGES
 from megatron_cogview.demo.pipeline import FAST, STAGE_FIELDS
 
 pytestmark = pytest.mark.slow
@@ -44,6 +45,12 @@ def test_report_has_upscaled_grid_curves_and_reconstructions(demo: Path) -> None
     assert cell.tobytes() == big.tobytes()  # the first row's first cell: its first draw, 4x, unblurred
     recon = metrics["vqvae_reconstructions"]
     assert recon["images"] == 8 and all(p > 0 for p in recon["psnr_db"])
+    # the tokenizer's ceiling: held-out real images read after encode -> decode, a row of the summary's table
+    heldout = len((demo / "data" / "synth" / "heldout.jsonl").read_text().splitlines())
+    rt = metrics["evaluation"]["tokenizer_round_trip"]
+    assert rt["images"] == min(ROUND_TRIP_IMAGES, heldout) and 0 <= rt["correct"] <= rt["images"]
+    assert set(rt["by_shape"]) == {"square", "circle", "triangle"}
+    assert f"through the VQ-VAE (the ceiling) | {rt['images']} | encode -> decode | {100 * rt['accuracy']:.1f}%" in summary
 
 
 def test_deleting_one_stage_output_reruns_it_and_the_later_stages(demo: Path, capsys: pytest.CaptureFixture[str]) -> None:

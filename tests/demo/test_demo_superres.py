@@ -8,6 +8,7 @@ import pytest
 
 from megatron_cogview.cli import main
 from megatron_cogview.demo.pipeline import STAGE_FIELDS
+from megatron_cogview.demo.superres import ROUND_TRIP_SCENES
 
 pytestmark = pytest.mark.slow
 
@@ -37,6 +38,7 @@ def test_demo_super_resolution_stages(finished_demo: Path, capsys: pytest.Captur
     for key in ("on_caption_kept", "bicubic_on_caption_kept", "off_caption_moved_to_caption"):
         assert 0.0 <= result[key] <= 1.0
     assert result["psnr_ours_db"] > 10.0 and result["psnr_bicubic_db"] > 10.0
+    assert result["round_trip_2x"]["images"] == ROUND_TRIP_SCENES and 0.0 <= result["round_trip_2x"]["accuracy"] <= 1.0
     assert (demo / "report" / "superres.png").is_file() and "PSNR" in (demo / "report" / "superres.md").read_text()
     magnified = sorted((demo / "samples" / "superres").glob("*.x2.png"))
     assert magnified and Image.open(magnified[0]).size == (64, 64)
