@@ -11,9 +11,8 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 from PIL import Image
 
+from data_utils.synth import Combination
 from megatron_cogview.evaluation.metrics import wilson_interval
-
-Combination = tuple[str, str, str]  # (colour, shape, position)
 
 
 class RoundTripTokenizer(Protocol):
