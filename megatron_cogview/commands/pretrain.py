@@ -131,9 +131,8 @@ def _check_resume_tokens(load: str, rec: dict[str, Any], data_fp: str) -> None:
 
 
 def _loaders(args: Args, state: ParallelState, train: TrainConfig, manifest: Manifest,
-             transform: SampleTransform | None = None, train_transform: SampleTransform | None = None):
-    """Train and validation sources on tp rank 0 (peers get broadcasts); train_transform (if given) replaces
-    transform for the training split only."""
+             transform: SampleTransform | None = None):
+    """Train and validation sources on tp rank 0 (peers get broadcasts)."""
     d = args.data
     if state.tp_rank != 0:
         return None, None, bool(d.valid_data or d.val_shards)
@@ -144,8 +143,8 @@ def _loaders(args: Args, state: ParallelState, train: TrainConfig, manifest: Man
     if d.num_workers and torch.cuda.is_available():
         common["multiprocessing_context"] = "spawn"
     train_split = dict(split="train", val_shards=d.val_shards) if d.val_shards else {}
-    source = build_loader(d.paths("train"), state.dp_rank, state.dp_size, weights=d.weights(),
-                          **{**common, "transform": train_transform or transform}, **train_split)
+    source = build_loader(d.paths("train"), state.dp_rank, state.dp_size, weights=d.weights(), **common,
+                          **train_split)
     valid = None
     if d.valid_data:
         valid = build_loader(d.paths("valid"), state.dp_rank, state.dp_size, **common)
@@ -162,9 +161,6 @@ class Task:
     sample_transform: SampleTransform | None = None  # each sample in the loader, before collate (picklable)
     objective: Callable[[TokenLayout, float], Objective] | None = None  # (layout, txt_loss_scale) -> loss weights
     positions_needed: Callable[[Manifest], int] | None = None  # position-table rows the data needs
-    # (training data's manifest, --seed) -> the transform of training samples only, e.g. one that reads the data
-    # first (validation keeps sample_transform)
-    train_transform: Callable[[Manifest, int], SampleTransform] | None = None
 
     def make_objective(self, layout: TokenLayout, txt_loss_scale: float) -> Objective:
         if self.objective is not None:
@@ -264,8 +260,7 @@ def _train(args: Args, state: ParallelState, manifest: Manifest, layout: TokenLa
     logger.info(f"world {state.world_size} = tp {state.tp_size} x dp {state.dp_size}; model "
                 f"{model_cfg.num_layers} layers x {model_cfg.hidden_size}, vocab "
                 f"{model_cfg.vocab_size}; global batch {per_step}; precision {train.precision}; ZeRO {train.zero_stage}")
-    train_transform = task.train_transform(manifest, train.seed) if task.train_transform else None
-    source, valid, has_valid = _loaders(args, state, train, manifest, task.sample_transform, train_transform)
+    source, valid, has_valid = _loaders(args, state, train, manifest, task.sample_transform)
     model = CogViewModel(model_cfg, state, device=default_device())
     _finetune_weights(model, train, state, logger, rec.get("image_grid"), manifest.seq_len - 1)
     engine, _ = create_engine(model, state, train, build_ds_config(train, user_ds))

@@ -55,9 +55,6 @@ class DemoSettings:
     sr_iters: int = 3000  # SR fine-tuning steps from the text-to-image model (agreement: 2,000 88.3%, 3,000 90.9%,
     # 5,000 90.3%: levelled off)
     sr_lr: float = 1e-3
-    # SR fine-tuning's --caption-noise: the share of training pairs whose caption is swapped for another, so the
-    # low-res codes win when a source disagrees with its caption
-    sr_caption_noise: float = 0.0
     # magnification's sampling temperature (top-k as for text-to-image); 0 = greedy: super-resolution is nearly
     # deterministic, and with 2,000 steps greedy agreed on 92.5% of 40 samples where 0.9 agreed on 75-90% (4 draws)
     sr_temperature: float = 0.0

@@ -26,7 +26,7 @@ import numpy as np
 
 Log = Callable[[str], None]
 # settings read by SR stage 1, 2, 3
-SR_FIELDS = (("sr_crops_per_image",), ("sr_iters", "sr_lr", "sr_caption_noise"), ("sr_eval_per_prompt", "sr_eval_scenes", "sr_temperature"))
+SR_FIELDS = (("sr_crops_per_image",), ("sr_iters", "sr_lr"), ("sr_eval_per_prompt", "sr_eval_scenes", "sr_temperature"))
 ROUND_TRIP_SCENES = 512  # true 2x renderings read after a VQ-VAE round trip (the tokenizer's ceiling at 2x)
 CLEAR_MARGIN = 0.05  # fill distance from the checker's shape thresholds of a "clearly read" source
 SR_RECIPE = "code-windows-of-2x-scenes"  # how stage 1 makes the training pairs; a new recipe re-runs every SR stage
@@ -102,8 +102,7 @@ def run_superres(out: Path, settings: Any, log: Log, pretrain: Callable[..., Non
                 "--warmup", "0.05", "--seed", str(s.seed), "--log-interval", str(max(1, s.sr_iters // 5)),
                 "--save", str(ckpt / "superres"), "--load", str(ckpt / "superres"),
                 "--save-interval", str(s.sr_iters), "--finetune-from", str(ckpt / "text2image"),
-                "--text-tokenizer", str(tok / "text.model"), "--image-tokenizer", str(tok / "vqvae"),
-                "--caption-noise", str(s.sr_caption_noise)]
+                "--text-tokenizer", str(tok / "text.model"), "--image-tokenizer", str(tok / "vqvae")]
         pretrain(args, out / "logs" / "superres.log", log, module="megatron_cogview.finetune.super_resolution")
 
     _stage(out, s, 1, "super-resolution shards (16 px -> 32 px crops of 64 px scenes)", do_shards,

@@ -14,16 +14,7 @@ from data_utils.batch import collate
 from data_utils.errors import DataError
 from data_utils.shards import Manifest, TokenSample
 from data_utils.writer import TokenRecord, write_token_dataset
-from megatron_cogview.finetune.super_resolution import (
-    CaptionNoise,
-    caption_noise,
-    main,
-    positions_needed,
-    sr_objective,
-    sr_parts,
-    sr_sample,
-    sr_task,
-)
+from megatron_cogview.finetune.super_resolution import positions_needed, sr_objective, sr_sample
 from tests.training.data import LAYOUT, make_dataset
 from tests.training.runner import ROOT, base_args, env, train
 from tokenization.templates import super_resolution, text_to_image
@@ -86,66 +77,6 @@ def test_positions_needed_reads_the_data(tmp_path: Path) -> None:
     assert positions_needed(sr) == max(SR_SEQ - (3 + HIGH * HIGH + 1), 3 + HIGH * HIGH + 1) <= POSITIONS
     with pytest.raises(DataError, match="--task superres"):
         positions_needed(Manifest.load(make_dataset(str(tmp_path / "t2i"), n=32)))
-
-
-def _records_by_key(n: int, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """key -> (text, low, high) as sr_records drew them (the independent reference for the sequences)."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for i in range(n):
-        text = rng.integers(0, 100, size=int(rng.integers(2, MAX_TEXT + 1)))
-        low = rng.integers(0, 32, size=(LOW, LOW))
-        out[f"r{i:05d}"] = (text, low, low.repeat(2, axis=0).repeat(2, axis=1) + 32)
-    return out
-
-
-def test_caption_noise_swaps_only_the_caption(tmp_path: Path) -> None:
-    manifest = Manifest.load(make_sr_dataset(str(tmp_path / "sr"), 64, seed=3))
-    truth = _records_by_key(64, seed=3)
-    samples = [TokenSample(r.key, r.tokens, r.position_ids, "", {}) for r in sr_records(64, seed=3)]
-    noisy = caption_noise(1.0, manifest, seed=5)
-    assert sorted(noisy.captions) == sorted(tuple(int(t) for t in v[0]) for v in truth.values())  # the first shard's
-    swapped = 0
-    for sample in samples:
-        text, low, high = truth[sample.key]
-        got = noisy(sample, LAYOUT)
-        new_text, new_low, new_high = sr_parts(got.tokens, LAYOUT)
-        assert np.array_equal(new_low, low.ravel()) and np.array_equal(new_high, high.ravel())
-        assert tuple(new_text.tolist()) in noisy.captions
-        want = super_resolution(LAYOUT, new_text, low, high, SR_SEQ)  # built afresh, padding at position 0
-        assert np.array_equal(got.tokens, want.tokens)
-        assert np.array_equal(got.position_ids, np.where(want.tokens == LAYOUT.pad_id, 0, want.position_ids))
-        swapped += not np.array_equal(new_text, text)
-        again = noisy(sample, LAYOUT)  # fixed per key and seed: a resumed run sees the same sequence
-        assert np.array_equal(again.tokens, got.tokens)
-    assert swapped >= 56  # 64 draws from 64 captions (some repeat the own one by chance)
-    # probability 0, or an own-caption pool: exactly the plain transform
-    for sample in samples[:8]:
-        plain = sr_sample(sample, LAYOUT)
-        own = CaptionNoise(1.0, (tuple(sr_parts(sample.tokens, LAYOUT)[0].tolist()),), 0)(sample, LAYOUT)
-        for got in (caption_noise(0.0, manifest, 5)(sample, LAYOUT), own):
-            assert np.array_equal(got.tokens, plain.tokens) and np.array_equal(got.position_ids, plain.position_ids)
-    # probability 0.5: about half, and other seeds pick other samples
-    def changed(seed: int) -> set[str]:
-        half = CaptionNoise(0.5, noisy.captions, seed)
-        return {s.key for s in samples if not np.array_equal(half(s, LAYOUT).tokens, sr_sample(s, LAYOUT).tokens)}
-    assert 16 <= len(changed(1)) <= 48 and changed(1) != changed(2)
-
-
-def test_caption_noise_is_for_training_only(tmp_path: Path) -> None:
-    manifest = Manifest.load(make_sr_dataset(str(tmp_path / "sr"), 64))
-    task = sr_task(0.0, 0.25)
-    assert task.sample_transform is sr_sample  # validation keeps the true captions
-    bound = task.train_transform(manifest, 9)
-    assert isinstance(bound, CaptionNoise) and bound.probability == 0.25 and bound.seed == 9
-    assert sr_task(0.0).train_transform is None  # default: CogView's recipe
-
-
-@pytest.mark.parametrize("value", ["1.5", "-0.1", "x"])
-def test_caption_noise_flag_is_checked(value: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--caption-noise", value]) == 2
-    err = capsys.readouterr().err
-    assert "--caption-noise" in err and len(err.strip().splitlines()) == 1
 
 
 def _high_res_loss(save: Path, recs: list[TokenRecord]) -> float:
