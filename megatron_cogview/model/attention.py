@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from megatron_cogview.model.masks import causal_mask
 from megatron_cogview.model.sparse import SparsePattern, sparse_attention
-from megatron_cogview.parallel.random import MODEL_PARALLEL, RNGTracker, dropout
+from megatron_cogview.parallel.random import MODEL_PARALLEL, RNGTracker, dropout, keep_mask
 
 
 @dataclass
@@ -91,7 +91,7 @@ def block_causal_attention(
         future = torch.ones(i1 - i0, i1, dtype=torch.bool, device=q.device).triu_(i0 + 1)  # key j > query i0 + r
         probs = torch.softmax(scores.masked_fill_(future, float("-inf")), dim=-1)
         if p > 0.0:
-            probs = probs * torch.empty_like(probs).bernoulli_(keep, generator=generator).mul_(1.0 / keep)
+            probs = probs * keep_mask(probs, keep, generator).mul_(1.0 / keep)
         outputs.append(torch.matmul(probs, v[:, :, :i1]))  # [b, n, i1 - i0, d]
     return torch.cat(outputs, dim=2)
 

@@ -13,7 +13,7 @@ from megatron_cogview.config import ModelConfig
 from megatron_cogview.model.attention import AttentionArgs, KVCache, attend
 from megatron_cogview.model.norms import LayerNorm
 from megatron_cogview.parallel.layers import ColumnParallelLinear, RowParallelLinear
-from megatron_cogview.parallel.random import REPLICATED, RNGTracker, dropout, replay_rng
+from megatron_cogview.parallel.random import REPLICATED, RNGTracker, dropout, keep_mask, replay_rng
 from megatron_cogview.parallel.state import ParallelState
 
 CheckpointFn = Callable[..., Any]
@@ -170,7 +170,7 @@ class Transformer(nn.Module):
             raise ValueError("dropout with p > 0 in training needs a generator from an RNGTracker")
         dev = x.device.type
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype  # the branch outputs'
-        masks = [torch.empty(x.shape, dtype=dtype, device=x.device).bernoulli_(1.0 - p, generator=tracker.generator(REPLICATED))
+        masks = [keep_mask(x, 1.0 - p, tracker.generator(REPLICATED), dtype)
                  for _ in range(2 * len(self.layers))]  # as dropout() draws them
         return [(masks[2 * i], masks[2 * i + 1]) for i in range(len(self.layers))]
 

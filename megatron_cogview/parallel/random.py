@@ -105,6 +105,16 @@ class RNGTracker:
             self._generators[name].set_state(value.clone())
 
 
+def keep_mask(like: torch.Tensor, keep: float, generator: torch.Generator, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A dropout mask shaped like `like`: 1 with probability `keep`, else 0, in `dtype` (like's by default).
+
+    Every dropout mask of the model is drawn here: one fp32 uniform draw per element compared with `keep`
+    (exact to 2^-24 in any dtype), which on CPU takes about half the time of `bernoulli_`."""
+    u = torch.empty(like.shape, dtype=torch.float32, device=like.device).uniform_(generator=generator)
+    mask = u.lt_(keep)  # in place: 1.0 / 0.0 in fp32
+    return mask if (dtype or like.dtype) == torch.float32 else mask.to(dtype or like.dtype)
+
+
 def dropout(x: torch.Tensor, p: float, generator: torch.Generator | None, training: bool) -> torch.Tensor:
     """Inverted dropout drawing its mask from `generator` (identity when not training or p == 0)."""
     if not training or p == 0.0:
@@ -112,8 +122,7 @@ def dropout(x: torch.Tensor, p: float, generator: torch.Generator | None, traini
     if generator is None:
         raise ValueError("dropout with p > 0 in training needs a generator from an RNGTracker")
     keep = 1.0 - p
-    mask = torch.empty(x.shape, dtype=x.dtype, device=x.device).bernoulli_(keep, generator=generator)
-    return x * mask * (1.0 / keep)
+    return x * keep_mask(x, keep, generator) * (1.0 / keep)
 
 
 def replay_rng(fn: Callable[..., T], tracker: RNGTracker | None) -> Callable[..., T]:

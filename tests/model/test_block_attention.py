@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from megatron_cogview.model.attention import AttentionArgs, block_causal_attention, sdpa_attention
-from megatron_cogview.parallel.random import MODEL_PARALLEL, RNGTracker
+from megatron_cogview.parallel.random import MODEL_PARALLEL, RNGTracker, keep_mask
 
 
 def _qkv(s: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -48,7 +48,7 @@ def _assembled_mask(shape: tuple[int, int, int, int], p: float, seed: int, block
     full = torch.zeros(shape, dtype=torch.float64)
     for i0 in range(0, s, block):
         i1 = min(s, i0 + block)
-        full[:, :, i0:i1, :i1] = torch.empty(b, n, i1 - i0, i1, dtype=torch.float64).bernoulli_(1.0 - p, generator=gen)
+        full[:, :, i0:i1, :i1] = keep_mask(torch.empty(b, n, i1 - i0, i1, dtype=torch.float64), 1.0 - p, gen)
     return full
 
 

@@ -6,6 +6,8 @@ far below these bounds, while any wrong slice or missing reduction gives O(1) er
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -31,6 +33,7 @@ from megatron_cogview.parallel import (
     unshard,
 )
 from megatron_cogview.parallel.layers import init_master
+from megatron_cogview.parallel.random import keep_mask
 from tests.distributed import run_distributed
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -176,6 +179,24 @@ def _rng(state: ParallelState) -> None:
     again = torch.stack([dropout(x, 0.5, tracker.generator(MODEL_PARALLEL), True),
                          dropout(x, 0.5, tracker.generator(REPLICATED), True)])
     assert torch.equal(again, both), "restored RNG states do not replay the same masks"
+
+
+@pytest.mark.parametrize("keep", [0.9, 0.5, 0.1])
+def test_keep_mask_draws_keep_with_its_probability_in_every_dtype(keep: float) -> None:
+    like = torch.empty(400, 1000)
+    masks = {dtype: keep_mask(like, keep, torch.Generator().manual_seed(3), dtype)
+             for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)}
+    ref = masks[torch.float32]
+    assert set(ref.unique().tolist()) <= {0.0, 1.0} and ref.shape == like.shape
+    for dtype, mask in masks.items():  # the same draw whatever the mask's dtype
+        assert mask.dtype == dtype and torch.equal(mask.float(), ref)
+    n = like.numel()  # binomial(n, keep): the kept count lies within 5 standard deviations
+    assert abs(float(ref.sum()) - n * keep) < 5 * math.sqrt(n * keep * (1 - keep))
+    rows = ref.mean(dim=1)  # and no structure: every row of 1000 within 5 sd of keep
+    assert float((rows - keep).abs().max()) < 5 * math.sqrt(keep * (1 - keep) / 1000)
+    again = keep_mask(like, keep, torch.Generator().manual_seed(3))
+    other = keep_mask(like, keep, torch.Generator().manual_seed(4))
+    assert torch.equal(again, ref) and not torch.equal(other, ref)
 
 
 def _grad_norm(state: ParallelState) -> None:
