@@ -14,6 +14,12 @@ _NAMES = list(COLORS)
 # Shape by the fraction of its bounding box a blob fills: a square fills 1, a disc pi/4, a triangle 1/2.
 SQUARE_FILL = 0.9  # above: square
 CIRCLE_FILL = 0.645  # above (up to SQUARE_FILL): circle; below: triangle
+# A decoded square often carries a stray pixel or two on one side (a VQ-VAE decoder artifact), which stretches its
+# bounding box below SQUARE_FILL; its core, the blob without protrusions thinner than SPUR px, is read instead when
+# the core keeps most of the blob (CORE_PIXELS of its pixels, CORE_SIDE of each side of its box).
+SPUR = 3
+CORE_PIXELS = 0.85
+CORE_SIDE = 0.8
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,39 @@ def _largest_blob(mask: np.ndarray) -> np.ndarray:
     return labels == best
 
 
+def _box(mask: np.ndarray) -> tuple[int, int]:
+    """(height, width) of the bounding box of a non-empty mask."""
+    ys, xs = np.nonzero(mask)
+    return int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
+
+
+def _opened(mask: np.ndarray, k: int) -> np.ndarray:
+    """Morphological opening by a k x k square: the pixels of `mask` covered by some k x k block inside it."""
+    h, w = mask.shape
+    pad = np.pad(mask, k - 1)
+    eroded = np.ones((h + k - 1, w + k - 1), dtype=bool)  # [i, j]: the block at (i - k + 1, j - k + 1) fits
+    for dy in range(k):
+        for dx in range(k):
+            eroded &= pad[dy : dy + h + k - 1, dx : dx + w + k - 1]
+    covered = np.zeros_like(mask)  # (y, x) is covered when a fitting block starts at y - dy, x - dx
+    for dy in range(k):
+        for dx in range(k):
+            covered |= eroded[dy : dy + h, dx : dx + w]
+    return covered & mask
+
+
+def _core_fill(blob: np.ndarray) -> float | None:
+    """Box fill of the blob's core (see SPUR), or None when the core is not most of the blob."""
+    core = _opened(blob, SPUR)
+    if core.sum() < CORE_PIXELS * blob.sum():
+        return None
+    core = _largest_blob(core)
+    (bh, bw), (ch, cw) = _box(blob), _box(core)
+    if ch < CORE_SIDE * bh or cw < CORE_SIDE * bw:
+        return None
+    return float(core.sum() / (ch * cw))
+
+
 def check_image(image: Image.Image | np.ndarray, threshold: float = 60.0) -> CheckResult:
     """Read (colour, shape, position) from one image with a plain background and one shape."""
     arr = _as_array(image)
@@ -82,7 +121,7 @@ def check_image(image: Image.Image | np.ndarray, threshold: float = 60.0) -> Che
     mask = np.linalg.norm(arr - background, axis=-1) > threshold
     if mask.sum() < 4:
         return CheckResult(None, None, None)
-    mask = _largest_blob(mask)
+    full, mask = mask, _largest_blob(mask)
     mean = arr[mask].mean(axis=0)
     color = _NAMES[int(np.argmin(np.linalg.norm(_PALETTE - mean, axis=-1)))]
     ys, xs = np.nonzero(mask)
@@ -90,6 +129,10 @@ def check_image(image: Image.Image | np.ndarray, threshold: float = 60.0) -> Che
     position = ("top" if cy < h / 2 else "bottom") + " " + ("left" if cx < w / 2 else "right")
     box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
     fill = float(mask.sum() / box)
+    if fill <= SQUARE_FILL and not _striped(full):  # stripes are thin bands by design, not spurs
+        core = _core_fill(mask)
+        if core is not None and core > SQUARE_FILL:
+            fill = core
     shape = "square" if fill > SQUARE_FILL else "circle" if fill > CIRCLE_FILL else "triangle"
     return CheckResult(color, shape, position, fill)
 
