@@ -77,36 +77,42 @@ def block_causal_attention(
 
     Query block [i0, i1) only forms scores against keys [0, i1): about half of the s x s square, so half the
     matmul work, softmax traffic and dropout draws of the full-square path that torch's scaled_dot_product_attention
-    takes on CPU whenever dropout is on (its fused CPU kernel has no dropout). The dropout mask comes from
-    `generator` (the tracker's model-parallel stream), pre-scaled by 1 / (1 - p).
+    takes on CPU whenever dropout is on (its fused CPU kernel has no dropout). Scores come from one baddbmm (scale
+    and causal bias fused into the batched matmul). The dropout mask comes from `generator` (the tracker's
+    model-parallel stream), pre-scaled by 1 / (1 - p).
     """
-    s = q.size(-2)
-    q = (q * (1.0 / math.sqrt(q.size(-1)))).contiguous()  # [b, n, s, d]; contiguous: one copy, not one per block
-    k, v = k.contiguous(), v.contiguous()
+    b, n, s, d = q.shape
+    q3, k3, v3 = (x.contiguous().view(b * n, s, d) for x in (q, k, v))
     keep = 1.0 - p
     outputs = []
     for i0 in range(0, s, block):
         i1 = min(s, i0 + block)
-        scores = torch.matmul(q[:, :, i0:i1], k[:, :, :i1].transpose(-1, -2))  # [b, n, i1 - i0, i1]
         future = torch.ones(i1 - i0, i1, dtype=torch.bool, device=q.device).triu_(i0 + 1)  # key j > query i0 + r
-        probs = torch.softmax(scores.masked_fill_(future, float("-inf")), dim=-1)
+        bias = torch.zeros(i1 - i0, i1, dtype=q.dtype, device=q.device).masked_fill_(future, float("-inf"))
+        scores = torch.baddbmm(bias.expand(b * n, -1, -1), q3[:, i0:i1], k3[:, :i1].transpose(1, 2),
+                               alpha=1.0 / math.sqrt(d))  # [b n, i1 - i0, i1]
+        probs = torch.softmax(scores, dim=-1)
         if p > 0.0:
             probs = probs * keep_mask(probs, keep, generator).mul_(1.0 / keep)
-        outputs.append(torch.matmul(probs, v[:, :, :i1]))  # [b, n, i1 - i0, d]
-    return torch.cat(outputs, dim=2)
+        outputs.append(torch.bmm(probs, v3[:, :i1]))  # [b n, i1 - i0, d]
+    return torch.cat(outputs, dim=1).view(b, n, s, d)
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: AttentionArgs) -> torch.Tensor:
-    """torch's fused scaled_dot_product_attention (flash / memory-efficient kernels where available); CPU training
-    with attention dropout on plain causal attention longer than one block takes block_causal_attention instead
-    (forward + backward at sequence 1,088: about 0.7x the time of torch's kernel; bench/block_attention.py)."""
+    """torch's fused scaled_dot_product_attention (flash / memory-efficient kernels where available). CPU training
+    of plain causal self-attention takes block_causal_attention instead when attention dropout is on (forward +
+    backward at sequence 1,088: about 0.7x the time of torch's dropout path) or when the sequence fits one block
+    (sequence 75: about 0.7x the time of torch's flash kernel, whose fixed costs dominate short rows;
+    bench/block_attention.py)."""
     p = args.dropout_p if args.training else 0.0
     sq, sk = q.size(-2), k.size(-2)
-    if p > 0.0 and q.device.type == "cpu" and args.mask is None and args.causal and sq == sk > BLOCK_ROWS:
-        if args.tracker is None:
+    plain_causal = args.mask is None and args.causal and sq == sk
+    if q.device.type == "cpu" and args.training and plain_causal and (p > 0.0 or sq <= BLOCK_ROWS):
+        if p > 0.0 and args.tracker is None:
             raise ValueError("attention dropout in training needs an RNGTracker")
-        return block_causal_attention(q, k, v, p, args.tracker.generator(MODEL_PARALLEL))
-    if args.mask is None and args.causal and sq == sk:
+        gen = args.tracker.generator(MODEL_PARALLEL) if p > 0.0 else None
+        return block_causal_attention(q, k, v, p, gen)
+    if plain_causal:
         kwargs = dict(is_causal=True)
     else:
         kwargs = dict(attn_mask=_bool_mask(args, sq, sk, q.device))

@@ -75,3 +75,18 @@ def test_sdpa_kernel_takes_the_block_path_on_cpu_with_dropout() -> None:
     assert torch.equal(ours, ref)
     eval_args = AttentionArgs(causal=True, dropout_p=0.1, training=False, tracker=tracker)  # no dropout: torch's kernel
     torch.testing.assert_close(sdpa_attention(q, k, v, eval_args), _dense(q, k, v, None, 0.0), rtol=1e-10, atol=1e-10)
+
+
+def test_sdpa_kernel_takes_the_block_path_on_cpu_for_one_block_without_dropout() -> None:
+    q, k, v = _qkv(75, seed=3)  # the demo's sequence: one block of query rows
+    args = AttentionArgs(causal=True, dropout_p=0.0, training=True)
+    ours = sdpa_attention(q, k, v, args)
+    assert torch.equal(ours, block_causal_attention(q, k, v, 0.0, None))
+    ref = _dense(q, k, v, None, 0.0)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    for a, b in zip(_grads(ours, (q, k, v)), _grads(ref, (q, k, v))):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    long_q, long_k, long_v = _qkv(300, seed=4)  # longer than one block, no dropout: torch's fused kernel
+    long_out = sdpa_attention(long_q, long_k, long_v, args)
+    assert not torch.equal(long_out, block_causal_attention(long_q, long_k, long_v, 0.0, None))
+    torch.testing.assert_close(long_out, _dense(long_q, long_k, long_v, None, 0.0), rtol=1e-10, atol=1e-10)

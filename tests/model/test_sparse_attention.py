@@ -93,7 +93,9 @@ def test_window_covering_the_sequence_is_causal_attention() -> None:
     b.backward()
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     for (name, pa), pb in zip(sparse.named_parameters(), dense.parameters()):
-        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-5, atol=1e-7, msg=name)
+        # different fp32 kernels (dense CPU training takes block_causal_attention): rounding-level differences,
+        # measured <= 6e-7 of each tensor's largest gradient
+        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-5, atol=2e-6 * float(pb.grad.abs().max()), msg=name)
 
 
 def test_sparse_training_differs_from_dense_and_eval_is_dense() -> None:
