@@ -19,6 +19,7 @@ from megatron_cogview.config import ModelConfig, model_preset
 from megatron_cogview.generation import GenerationConfig, generate_image_codes
 from megatron_cogview.generation.decoding import inference
 from megatron_cogview.model import CogViewModel
+from megatron_cogview.model.attention import BLOCK_PATH_LABEL
 from megatron_cogview.parallel import ParallelState
 
 
@@ -88,13 +89,18 @@ def environment(s: Sizes) -> dict[str, Any]:
 
 # ---- 2. kernels -----------------------------------------------------------------------------------
 def _sdpa_ops(fn: Callable[[], Any]) -> list[str]:
-    """Names of the aten scaled-dot-product kernels that `fn` dispatched to."""
+    """Names of the attention kernels that `fn` dispatched to: aten's scaled-dot-product kernels, and our
+    block_causal_attention (CPU training of short or dropout sequences)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
-    names = {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key and e.key != "aten::scaled_dot_product_attention"}
-    return sorted(n.replace("aten::_scaled_dot_product_", "") for n in names)
+    keys = {e.key for e in prof.key_averages()}
+    names = {k.replace("aten::_scaled_dot_product_", "") for k in keys
+             if "scaled_dot_product" in k and k != "aten::scaled_dot_product_attention"}
+    if BLOCK_PATH_LABEL in keys:
+        names.add(BLOCK_PATH_LABEL.split("::")[-1])
+    return sorted(names)
 
 
 def _small_config(s: Sizes, **overrides: Any) -> ModelConfig:
