@@ -127,11 +127,11 @@ def check_image(image: Image.Image | np.ndarray, threshold: float = 60.0) -> Che
     ys, xs = np.nonzero(mask)
     cy, cx = ys.mean(), xs.mean()
     position = ("top" if cy < h / 2 else "bottom") + " " + ("left" if cx < w / 2 else "right")
-    box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
-    fill = float(mask.sum() / box)
-    if fill <= SQUARE_FILL and not _striped(full):  # stripes are thin bands by design, not spurs
+    bh, bw = _box(mask)
+    fill = float(mask.sum() / (bh * bw))
+    if fill <= SQUARE_FILL:
         core = _core_fill(mask)
-        if core is not None and core > SQUARE_FILL:
+        if core is not None and core > SQUARE_FILL and not _striped(full):  # stripes are bands by design, not spurs
             fill = core
     shape = "square" if fill > SQUARE_FILL else "circle" if fill > CIRCLE_FILL else "triangle"
     return CheckResult(color, shape, position, fill)
