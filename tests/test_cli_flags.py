@@ -12,7 +12,7 @@ from data_utils.preprocess_config import PreprocessConfig
 from megatron_cogview.arguments import build_parser as pretrain_parser
 from megatron_cogview.arguments import parse_args
 from megatron_cogview.cli import build_parser
-from megatron_cogview.config import DataConfig, ModelConfig, ParallelConfig, TrainConfig
+from megatron_cogview.config import ConfigError, DataConfig, ModelConfig, ParallelConfig, TrainConfig
 from megatron_cogview.dataclass_flags import add_flags, option
 from megatron_cogview.generation.config import GenerationConfig
 from tokenization.vqvae.config import TrainOptions, VQVAEConfig
@@ -169,3 +169,23 @@ def test_demo_vq_style_fraction_reaches_the_settings(monkeypatch: pytest.MonkeyP
     assert seen[0].vq_style_fraction == 0.2 and seen[0] == dataclasses.replace(pipeline.DemoSettings(), vq_style_fraction=0.2)
     assert main(["demo", "--vq-style-fraction", "1.5", "--out", "unused"]) == 2
     assert "--vq-style-fraction 1.5 must be between 0 and 1" in capsys.readouterr().err
+
+
+def test_demo_precision_reaches_the_settings_and_auto_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from megatron_cogview.cli import main
+    from megatron_cogview.demo import pipeline
+
+    seen = []
+    monkeypatch.setattr(pipeline, "run_demo", lambda out, settings, **kw: seen.append(settings) or {})
+    assert main(["demo", "--precision", "fp32", "--out", "unused"]) == 0
+    assert main(["demo", "--out", "unused"]) == 0
+    assert [s.precision for s in seen] == ["fp32", "auto"]
+    for avx512_bf16, amx, expected in ((True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert pipeline.resolved(seen[1]).precision == expected
+        assert pipeline.resolved(seen[0]).precision == "fp32"  # a forced precision is kept
+    with pytest.raises(ConfigError, match="choose one"):
+        pipeline.resolved(dataclasses.replace(seen[0], precision="fp16"))

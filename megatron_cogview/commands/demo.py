@@ -25,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--vq-style-fraction", type=float, default=0.0, help="also train the VQ-VAE on this many "
                    "renderings per scene in new styles (outlined and striped, never shown to the transformer), so "
                    "that bench/style_finetune.py can teach a style later (e.g. 0.2; default 0)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="training precision of the "
+                   "transformers (auto: bf16 where the CPU has bf16 instructions, AVX512-BF16 or AMX, else fp32)")
     p.set_defaults(func=run, prefers_tcmalloc=True)  # its stages train and sample in this process and in children
 
 
@@ -35,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = dataclasses.replace(FAST if args.fast else DemoSettings(), seed=args.seed,
                                    super_resolution=args.super_resolution,
-                                   vq_style_fraction=args.vq_style_fraction)
+                                   vq_style_fraction=args.vq_style_fraction, precision=args.precision)
     if args.threads < 1:
         raise ConfigError(f"--threads {args.threads} must be >= 1")
     if not 0.0 <= args.vq_style_fraction <= 1.0:

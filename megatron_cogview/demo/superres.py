@@ -102,7 +102,8 @@ def run_superres(out: Path, settings: Any, log: Log, pretrain: Callable[..., Non
                 "--warmup", "0.05", "--seed", str(s.seed), "--log-interval", str(max(1, s.sr_iters // 5)),
                 "--save", str(ckpt / "superres"), "--load", str(ckpt / "superres"),
                 "--save-interval", str(s.sr_iters), "--finetune-from", str(ckpt / "text2image"),
-                "--text-tokenizer", str(tok / "text.model"), "--image-tokenizer", str(tok / "vqvae")]
+                "--text-tokenizer", str(tok / "text.model"), "--image-tokenizer", str(tok / "vqvae"),
+                "--precision", s.precision]
         pretrain(args, out / "logs" / "superres.log", log, module="megatron_cogview.finetune.super_resolution")
 
     _stage(out, s, 1, "super-resolution shards (16 px -> 32 px crops of 64 px scenes)", do_shards,
