@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from megatron_cogview.model.masks import causal_mask
 from megatron_cogview.model.sparse import SparsePattern, sparse_attention
-from megatron_cogview.parallel.random import MODEL_PARALLEL, RNGTracker, dropout, keep_mask
+from megatron_cogview.parallel.random import MODEL_PARALLEL, RNGTracker, dropout, keep_mask, mask_keep
 
 
 @dataclass
@@ -80,7 +80,7 @@ def block_causal_attention(
     matmul work, softmax traffic and dropout draws of the full-square path that torch's scaled_dot_product_attention
     takes on CPU whenever dropout is on (its fused CPU kernel has no dropout). Scores come from one baddbmm (scale
     and causal bias fused into the batched matmul). The dropout mask comes from `generator` (the tracker's
-    model-parallel stream), pre-scaled by 1 / (1 - p).
+    model-parallel stream), pre-scaled by 1 / mask_keep(1 - p).
     """
     with torch.profiler.record_function(BLOCK_PATH_LABEL):  # names this path in profiles (bench/gpu_checks.py)
         return _block_causal(q, k, v, p, generator, block)
@@ -101,7 +101,7 @@ def _block_causal(
                                alpha=1.0 / math.sqrt(d))  # [b n, i1 - i0, i1]
         probs = torch.softmax(scores, dim=-1)
         if p > 0.0:
-            probs = probs * keep_mask(probs, keep, generator).mul_(1.0 / keep)
+            probs = probs * keep_mask(probs, keep, generator).mul_(1.0 / mask_keep(keep))
         outputs.append(torch.bmm(probs, v3[:, :i1]))  # [b n, i1 - i0, d]
     return torch.cat(outputs, dim=1).view(b, n, s, d)
 

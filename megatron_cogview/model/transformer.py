@@ -13,7 +13,7 @@ from megatron_cogview.config import ModelConfig
 from megatron_cogview.model.attention import AttentionArgs, KVCache, attend
 from megatron_cogview.model.norms import LayerNorm
 from megatron_cogview.parallel.layers import ColumnParallelLinear, RowParallelLinear
-from megatron_cogview.parallel.random import REPLICATED, RNGTracker, dropout, keep_mask, replay_rng
+from megatron_cogview.parallel.random import REPLICATED, RNGTracker, dropout, keep_mask, mask_keep, replay_rng
 from megatron_cogview.parallel.state import ParallelState
 
 CheckpointFn = Callable[..., Any]
@@ -113,7 +113,7 @@ class TransformerLayer(nn.Module):
 
     def _drop(self, x: torch.Tensor, tracker: RNGTracker | None, mask: torch.Tensor | None = None) -> torch.Tensor:
         if mask is not None:  # drawn beforehand (compiled layers): the same arithmetic as dropout()
-            return x * mask * (1.0 / (1.0 - self.hidden_dropout))
+            return x * mask * (1.0 / mask_keep(1.0 - self.hidden_dropout))
         gen = tracker.generator(REPLICATED) if tracker is not None else None
         return dropout(x, self.hidden_dropout, gen, self.training)
 

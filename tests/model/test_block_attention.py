@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from megatron_cogview.model.attention import AttentionArgs, block_causal_attention, sdpa_attention
-from megatron_cogview.parallel.random import MODEL_PARALLEL, RNGTracker, keep_mask
+from megatron_cogview.parallel.random import MODEL_PARALLEL, RNGTracker, keep_mask, mask_keep
 
 
 def _qkv(s: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -22,7 +22,7 @@ def _dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep_mask: torch.T
     scores = scores.masked_fill(torch.ones(s, s, dtype=torch.bool).triu(1), float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     if keep_mask is not None:
-        probs = probs * keep_mask / (1.0 - p)
+        probs = probs * keep_mask / mask_keep(1.0 - p)
     return probs @ v
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -33,7 +34,7 @@ from megatron_cogview.parallel import (
     unshard,
 )
 from megatron_cogview.parallel.layers import init_master
-from megatron_cogview.parallel.random import keep_mask
+from megatron_cogview.parallel.random import KEEP_BITS, keep_mask, mask_keep
 from tests.distributed import run_distributed
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -179,6 +180,33 @@ def _rng(state: ParallelState) -> None:
     again = torch.stack([dropout(x, 0.5, tracker.generator(MODEL_PARALLEL), True),
                          dropout(x, 0.5, tracker.generator(REPLICATED), True)])
     assert torch.equal(again, both), "restored RNG states do not replay the same masks"
+
+
+@pytest.mark.parametrize("keep", [0.9, 0.5, 0.1, 1.0, 0.0])
+def test_keep_mask_is_one_16_bit_lane_per_element_of_the_generators_64_bit_draws(keep: float) -> None:
+    """Reference in numpy: the generator's full-range int64 words, split little-endian into four int16 lanes."""
+    n = 4 * 2500 + 3  # not a multiple of four: the last word is used in part
+    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(1 << 63), None, generator=torch.Generator().manual_seed(5))
+    lanes = words.numpy().astype("<i8").view("<i2")[:n].astype(np.int64) + (1 << 15)  # uniform on [0, 2^16)
+    want = lanes < round(keep * (1 << KEEP_BITS))
+    got = keep_mask(torch.empty(n), keep, torch.Generator().manual_seed(5))
+    assert np.array_equal(got.numpy().astype(bool), want)
+    assert mask_keep(keep) == round(keep * 65536) / 65536 and abs(mask_keep(keep) - keep) <= 2**-17
+    if 0 < keep < 1:  # every lane position of a word is uniform (the top lane too: full-range draws)
+        for pos in range(4):
+            frac = float(got[pos::4].mean())
+            assert abs(frac - keep) < 5 * math.sqrt(keep * (1 - keep) / len(got[pos::4]))
+
+
+def test_dropout_keeps_the_expectation_exactly() -> None:
+    """E[dropout(x)] = x: the scale is 1 / the probability the mask really keeps with, not 1 / (1 - p)."""
+    x = torch.ones(2000, 1000, dtype=torch.float64)
+    p = 0.1
+    out = dropout(x, p, torch.Generator().manual_seed(0), training=True)
+    kept = out != 0
+    assert torch.equal(out[kept], torch.full_like(out[kept], 65536 / round(0.9 * 65536)))
+    n = x.numel()
+    assert abs(float(out.sum()) - n) < 5 * math.sqrt(n * mask_keep(0.9) * (1 - mask_keep(0.9))) / mask_keep(0.9)
 
 
 @pytest.mark.parametrize("keep", [0.9, 0.5, 0.1])
