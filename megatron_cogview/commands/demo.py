@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=DEMO_THREADS, help="CPU threads of each stage (torch here, "
                    f"OMP_NUM_THREADS of the training processes; default {DEMO_THREADS})")
     p.add_argument("--super-resolution", action="store_true", help="also fine-tune a super-resolution model and "
-                   "magnify 32 px images to 64 px (report/superres.md; 3,000 SR steps, ~15-25 more minutes on 2 cores, "
+                   "magnify 32 px images to 64 px (report/superres.md; 3,000 SR steps, ~9 more minutes on 2 cores with bf16 "
+                   "instructions, ~25 without; "
                    "off by default)")
     p.add_argument("--vq-style-fraction", type=float, default=0.0, help="also train the VQ-VAE on this many "
                    "renderings per scene in new styles (outlined and striped, never shown to the transformer), so "
