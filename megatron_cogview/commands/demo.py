@@ -13,7 +13,7 @@ DEMO_THREADS = 2
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `demo` subcommand."""
     p = subparsers.add_parser("demo", help="end-to-end demo on CPU: synthetic data -> tokenizers -> pretrain -> "
-                              "generate -> report/ (~10 min on 2 cores with bf16 instructions, ~35 without; --fast ~2 min)")
+                              "generate -> report/ (~10 min on 2 cores with bf16 instructions, ~35-40 without; --fast ~2 min)")
     p.add_argument("--out", default="demo_out", help="output folder (re-running skips completed stages)")
     p.add_argument("--fast", action="store_true", help="a ~2-minute smoke version (tiny sizes, low quality)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, models and sampling")
