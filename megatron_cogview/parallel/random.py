@@ -108,11 +108,16 @@ class RNGTracker:
 KEEP_BITS = 16  # resolution of a dropout draw: keep_mask compares one 16-bit random lane per element
 
 
+def _kept_lanes(keep: float) -> int:
+    """How many of the 2^16 values of a random lane keep an element: `keep` rounded to a multiple of 2^-16."""
+    return round(keep * (1 << KEEP_BITS))
+
+
 def mask_keep(keep: float) -> float:
     """The probability keep_mask really keeps with: `keep` rounded to a multiple of 2^-16 (0.9 -> 0.8999939).
 
     Inverted dropout scales by 1 / mask_keep(keep), so the expected output equals the input exactly."""
-    return round(keep * (1 << KEEP_BITS)) / (1 << KEEP_BITS)
+    return _kept_lanes(keep) / (1 << KEEP_BITS)
 
 
 def keep_mask(like: torch.Tensor, keep: float, generator: torch.Generator, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -122,7 +127,7 @@ def keep_mask(like: torch.Tensor, keep: float, generator: torch.Generator, dtype
     uniform 16-bit lanes, one per element, kept when below the threshold: a quarter of the generator calls of one
     float draw per element, which on CPU (a serial Mersenne Twister) made dropout masks 2.4x faster to draw."""
     n = like.numel()
-    threshold = round(keep * (1 << KEEP_BITS)) - (1 << (KEEP_BITS - 1))  # lanes are uniform on [-2^15, 2^15)
+    threshold = _kept_lanes(keep) - (1 << (KEEP_BITS - 1))  # lanes are uniform on [-2^15, 2^15)
     if threshold >= 1 << (KEEP_BITS - 1):
         return torch.ones(like.shape, dtype=dtype or like.dtype, device=like.device)
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=like.device).random_(-(1 << 63), None,
