@@ -10,6 +10,7 @@ from typing import Callable
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from data_utils.errors import DataError
@@ -18,6 +19,7 @@ from megatron_cogview.commands.tokenizer import register
 from tests.tokenization.conftest import tiny_vqvae_config
 from tests.tokenization.shapes import shape_images
 from tokenization.errors import TokenizationError
+from tokenization.imageproc import pil_to_tensor
 from tokenization.vqvae.config import VQVAEConfig
 from tokenization.vqvae.data import ImageFolderDataset, ResumableBatchSampler
 from tokenization.vqvae.train import TrainOptions, TrainResult, train_vqvae
@@ -54,15 +56,26 @@ def _train(config: VQVAEConfig, options: TrainOptions, log: Callable[[str], None
     return train_vqvae(config, options, find_images(options.data), log=log)
 
 
-def test_resume_is_bit_exact(shapes_dir: Path, tmp_path: Path) -> None:
+def _big_shapes(folder: Path, n: int, size: int) -> Path:
+    """n shape images rendered at 32 px and enlarged to `size` px (PNG)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(shape_images(n, seed=7)):
+        image.resize((size, size), Image.BICUBIC).save(folder / f"big{i:03d}.png")
+    return folder
+
+
+@pytest.mark.parametrize("random_crop", [False, True])
+def test_resume_is_bit_exact(shapes_dir: Path, tmp_path: Path, random_crop: bool) -> None:
     config = tiny_vqvae_config()
+    data = [str(shapes_dir)] + ([str(_big_shapes(tmp_path / "big", 16, 64))] if random_crop else [])
     lines: list[str] = []
-    _train(config, _options([str(shapes_dir)], tmp_path / "full", steps=8, save_every=4), log=lines.append)
-    _train(config, _options([str(shapes_dir)], tmp_path / "part", steps=4, save_every=4), log=lambda s: None)
+    _train(config, _options(data, tmp_path / "full", steps=8, save_every=4, random_crop=random_crop),
+           log=lines.append)
+    _train(config, _options(data, tmp_path / "part", steps=4, save_every=4, random_crop=random_crop),
+           log=lambda s: None)
     resumed: list[str] = []
-    _train(
-        config, _options([str(shapes_dir)], tmp_path / "part", steps=8, save_every=4, resume=True), log=resumed.append
-    )
+    _train(config, _options(data, tmp_path / "part", steps=8, save_every=4, resume=True, random_crop=random_crop),
+           log=resumed.append)
     assert any("resumed from" in line and "step 4" in line for line in resumed)
     full = load_file(str(tmp_path / "full" / "model.safetensors"))
     part = load_file(str(tmp_path / "part" / "model.safetensors"))
@@ -96,6 +109,47 @@ def test_sampler_restarts_mid_stream() -> None:
     flat = [i for b in batches[:5] for i in b]  # 20 indices = 2 epochs, each a permutation
     assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
     assert flat[:10] != flat[10:20]
+
+
+def test_sampler_tags_each_index_with_its_epoch() -> None:
+    plain, tagged = iter(ResumableBatchSampler(10, 4, seed=3)), iter(ResumableBatchSampler(10, 4, seed=3, tag_epochs=True))
+    flat = [k for _ in range(8) for k in next(tagged)]
+    assert [i for i, _ in flat] == [i for _ in range(8) for i in next(plain)]
+    assert [e for _, e in flat] == [p // 10 for p in range(32)]
+    later = iter(ResumableBatchSampler(10, 4, seed=3, start_step=5, tag_epochs=True))
+    assert next(later) == flat[20:24]
+
+
+def test_random_crop_windows(tmp_path: Path) -> None:
+    """random_crop: an S x S window of the image at its own pixels, fixed by (seed, index, draw); S px images whole,
+    smaller ones resized up; the cache changes nothing."""
+    images = shape_images(3, seed=2)
+    images[0].resize((64, 48), Image.BICUBIC).save(tmp_path / "a_big.png")
+    images[1].save(tmp_path / "b_same.png")  # 32 px: the whole image
+    images[2].resize((20, 24), Image.BICUBIC).save(tmp_path / "c_small.png")
+    sources = find_images([str(tmp_path)])
+    norm = ((0.5,) * 3, (0.5,) * 3)
+    crop = ImageFolderDataset(sources, 32, *norm, random_crop=True, seed=4)
+    cached = ImageFolderDataset(sources, 32, *norm, cache=True, random_crop=True, seed=4)
+    plain = ImageFolderDataset(sources, 32, *norm)
+    big = (pil_to_tensor(Image.open(tmp_path / "a_big.png").convert("RGB")) - 0.5) / 0.5  # [3, 48, 64]
+    corners = set()
+    for draw in range(12):
+        item = crop[(0, draw)]
+        assert item.shape == (3, 32, 32)
+        found = [(t, l) for t in range(17) for l in range(33) if torch.equal(big[:, t : t + 32, l : l + 32], item)]
+        assert found, "not a window of the image at its own pixels"
+        corners.add(found[0])
+        assert torch.equal(cached[(0, draw)], item) and torch.equal(cached[(0, draw)], item)  # read, then cached
+    assert len(corners) >= 6  # windows move between draws
+    assert torch.equal(crop[(0, 3)], ImageFolderDataset(sources, 32, *norm, random_crop=True, seed=4)[(0, 3)])
+    assert not torch.equal(crop[(0, 3)], ImageFolderDataset(sources, 32, *norm, random_crop=True, seed=5)[(0, 3)]) or \
+        not torch.equal(crop[(0, 4)], ImageFolderDataset(sources, 32, *norm, random_crop=True, seed=5)[(0, 4)])
+    assert torch.equal(crop[(1, 0)], plain[1]) and torch.equal(crop[(1, 9)], plain[1])
+    small = crop[(2, 1)]
+    assert small.shape == (3, 32, 32)
+    up = (pil_to_tensor(Image.open(tmp_path / "c_small.png").convert("RGB").resize((32, 38), Image.BICUBIC)) - 0.5) / 0.5
+    assert any(torch.equal(up[:, t : t + 32], small) for t in range(7))
 
 
 def test_data_sources(tmp_path: Path, shapes_dir: Path) -> None:

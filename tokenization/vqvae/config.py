@@ -140,6 +140,9 @@ class TrainOptions:
     workers: int = option(4, "DataLoader worker processes")
     cache_images: bool = option(False, "keep every image's decoded pixels in memory after its first read (uint8: "
                                 "3 x size^2 bytes per image and loader process; for small images read every epoch)")
+    random_crop: bool = option(False, "train on random image-size windows of each image at its own pixels instead "
+                               "of resized whole images (images smaller than the image size are resized up first); "
+                               "mix in images at 2x to teach the scale super-resolution decodes")
     save_every: int = option(2000, "checkpoint + export every N steps")
     log_every: int = option(100, "log metrics averaged over N steps")
     seed: int = option(0, "seed of initialisation and data order")

@@ -8,6 +8,7 @@ import io
 import sys
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
@@ -18,19 +19,27 @@ from tokenization.imageproc import load_image, normalize, pil_to_tensor, resize_
 
 
 class ImageFolderDataset(Dataset):
-    """Map-style dataset of normalised image tensors [c, S, S]; unreadable images are replaced by the next one."""
+    """Map-style dataset of normalised image tensors [c, S, S]; unreadable images are replaced by the next one.
+
+    By default every image is resized (shorter side to S) and centre-cropped. With `random_crop` an item is an
+    S x S window of the image at its own pixels (images with a side under S are first resized up to S on that
+    side), placed at random: the tokenizer then learns the scale of larger images (what super-resolution decodes
+    at 2x) instead of their downscaled copies. Keys are then `(index, draw)` pairs (ResumableBatchSampler with
+    `tag_epochs`): a window depends only on `seed`, the index and the draw, so workers and resumed runs agree."""
 
     def __init__(
         self, sources: Sequence[ImageSource], image_size: int, mean: Sequence[float], std: Sequence[float],
-        cache: bool = False,
+        cache: bool = False, random_crop: bool = False, seed: int = 0,
     ) -> None:
         self.sources = list(sources)
         self.image_size = image_size
         self.mean, self.std = tuple(mean), tuple(std)
+        self.random_crop, self.seed = random_crop, seed
         self._handles: dict[str, io.BufferedReader] = {}
         self._warned = False
-        # cache: each item's decoded, resized pixels kept as uint8 after its first read (3 x size^2 bytes per item,
-        # per loader process); the [0, 1] floats are k / 255, so the uint8 copy gives back the same tensor
+        # cache: each item's decoded pixels (resized, or at their own size with random_crop) kept as uint8 after its
+        # first read (3 x H x W bytes per item, per loader process); the [0, 1] floats are k / 255, so the uint8 copy
+        # gives back the same tensor
         self._cache: dict[int, torch.Tensor] | None = {} if cache else None
 
     def __len__(self) -> int:
@@ -42,23 +51,50 @@ class ImageFolderDataset(Dataset):
         return state
 
     def _load(self, source: ImageSource) -> torch.Tensor:
-        if source.offset < 0:
+        if source.offset < 0 and not self.random_crop:
             return load_image(source.path, self.image_size)
+        if source.offset < 0:
+            with Image.open(source.path) as image:
+                return pil_to_tensor(self._fit(to_rgb(image)))
         handle = self._handles.get(source.path)
         if handle is None:
             handle = self._handles[source.path] = open(source.path, "rb")
         handle.seek(source.offset)
         with Image.open(io.BytesIO(handle.read(source.size))) as image:
-            image.draft("RGB", (self.image_size, self.image_size))
-            return pil_to_tensor(resize_center_crop(to_rgb(image), self.image_size))
+            if not self.random_crop:
+                image.draft("RGB", (self.image_size, self.image_size))
+            return pil_to_tensor(self._fit(to_rgb(image)))
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def _fit(self, image: Image.Image) -> Image.Image:
+        """Resized and centre-cropped to S x S; with random_crop kept at its own size unless a side is under S."""
+        if not self.random_crop:
+            return resize_center_crop(image, self.image_size)
+        w, h = image.size
+        if min(w, h) >= self.image_size:
+            return image
+        scale = self.image_size / max(1, min(w, h))
+        return image.resize((max(self.image_size, round(w * scale)), max(self.image_size, round(h * scale))),
+                            Image.Resampling.BICUBIC)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
+        index, draw = key if isinstance(key, tuple) else (key, 0)
         if self._cache is not None and index in self._cache:
-            return normalize(self._cache[index].float().div_(255.0), self.mean, self.std)
-        image = self._read(index)
-        if self._cache is not None:
-            self._cache[index] = image.mul(255.0).round_().to(torch.uint8)
+            image = self._cache[index].float().div_(255.0)
+        else:
+            image = self._read(index)
+            if self._cache is not None:
+                self._cache[index] = image.mul(255.0).round_().to(torch.uint8)
+        if self.random_crop:
+            image = self.window(image, index, draw)
         return normalize(image, self.mean, self.std)
+
+    def window(self, image: torch.Tensor, index: int, draw: int) -> torch.Tensor:
+        """The S x S window of `image` [c, H, W] that item `index` shows on its `draw`-th read."""
+        size = self.image_size
+        _, h, w = image.shape
+        rng = np.random.default_rng((self.seed, index, draw))
+        top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+        return image[:, top : top + size, left : left + size]
 
     def _read(self, index: int) -> torch.Tensor:
         """Pixels [3, S, S] in [0, 1] of item `index` (the next readable image when it cannot be read)."""
@@ -85,25 +121,26 @@ class ResumableBatchSampler(Sampler[list[int]]):
     yields slice `rank` (data-parallel ranks see disjoint parts of the same global batches)."""
 
     def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0,
-                 world: int = 1) -> None:
+                 world: int = 1, tag_epochs: bool = False) -> None:
         if batch_size % world:
             raise ValueError(f"global batch {batch_size} is not divisible by {world} ranks")
         self.num_items, self.batch_size, self.seed, self.start_step = num_items, batch_size, seed, start_step
         self.rank, self.world = rank, world
+        self.tag_epochs = tag_epochs  # yield (index, epoch) pairs (ImageFolderDataset's random_crop keys)
 
     def _epoch(self, epoch: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(self.num_items, generator=generator)
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list]:
         position = self.start_step * self.batch_size  # index into the endless stream of epochs
         epoch, offset = divmod(position, self.num_items)
         order = self._epoch(epoch)
         while True:
-            batch: list[int] = []
+            batch: list = []
             while len(batch) < self.batch_size:
                 take = order[offset : offset + self.batch_size - len(batch)].tolist()
-                batch += take
+                batch += [(i, epoch) for i in take] if self.tag_epochs else take
                 offset += len(take)
                 if offset >= self.num_items:
                     epoch, offset = epoch + 1, 0

@@ -202,7 +202,7 @@ def _train(
         )
 
     dataset = ImageFolderDataset(sources, config.image_size, config.normalize_mean, config.normalize_std,
-                                 cache=options.cache_images)
+                                 cache=options.cache_images, random_crop=options.random_crop, seed=options.seed)
     torch.manual_seed(options.seed)  # the same on every rank: same initial weights and codebook draws
     model = VQVAE(config).to(device)
     model.quantizer.distributed = world.size > 1
@@ -233,7 +233,7 @@ def _train(
     step_model = model if world.size == 1 else DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
     sampler = ResumableBatchSampler(len(dataset), global_batch, options.seed, start_step=start, rank=world.rank,
-                                    world=world.size)
+                                    world=world.size, tag_epochs=options.random_crop)
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
