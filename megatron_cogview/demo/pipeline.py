@@ -41,6 +41,11 @@ class DemoSettings:
     # (`cogview demo --vq-style-fraction 0.2`). Off by default: the tokenizer then spends codes on styles the
     # main demo never draws.
     vq_style_fraction: float = 0.0
+    # Scenes rendered at 2x the pixels (64 px) per training scene, added to the VQ-VAE's images and read as random
+    # 32 px windows (train-vqvae --random-crop): a tokenizer trained on 32 px scenes alone drew true 64 px scenes
+    # back right only 96.2% of the time (2,048 scenes; squares 94.7%), which capped super-resolution; with 0.25,
+    # 100.0%, and 32 px PSNR 35.5 dB instead of 35.0 (2026-12-02, bench/results/demo_superres_cpu.json "vq_2x")
+    vq_2x_fraction: float = 0.25
     gpt_iters: int = 3000
     # hidden and attention dropout of pre-training and of the caption model (the SR fine-tune uses none); in the
     # caption model it made post-selection robust: best of 16 over six sampling seeds, held-out 98.3% -> 100%,
@@ -83,7 +88,7 @@ FAST = DemoSettings(num_images=3000, vq_steps=150, vq_hidden=32, gpt_iters=120, 
 STAGE_FIELDS: tuple[tuple[str, ...], ...] = (
     ("seed", "num_images", "image_size"),
     ("text_vocab",),
-    ("vq_steps", "vq_hidden", "vq_codes", "vq_code_dim", "vq_downsample", "vq_batch", "vq_style_fraction"),
+    ("vq_steps", "vq_hidden", "vq_codes", "vq_code_dim", "vq_downsample", "vq_batch", "vq_style_fraction", "vq_2x_fraction"),
     (),
     ("gpt_iters", "batch_size", "lr", "dropout", "precision"),
     ("caption_iters",),
@@ -202,6 +207,7 @@ def run_demo(out: str | Path, settings: DemoSettings, log: Log = print, *, threa
     synth, tok, shards, ckpt = out / "data" / "synth", out / "tokenizers", out / "data" / "shards", out / "checkpoints"
     sp_prefix, vq_dir = tok / "text", tok / "vqvae"
     vq_extra = out / "data" / "synth-styles"  # the tokenizer's extra new-style images, a folder per style
+    vq_2x = out / "data" / "synth-vq-2x"  # the tokenizer's scenes at twice the pixels
 
     def do_synth() -> None:
         from data_utils.synth import write_synth
@@ -234,7 +240,11 @@ def run_demo(out: str | Path, settings: DemoSettings, log: Log = print, *, threa
         for k, style in enumerate(NEW_STYLES if extra else ()):
             write_synth(str(vq_extra / style), extra, s.image_size, s.seed + 2000 + k, num_heldout=0, style=style)
             data.append(str(vq_extra / style / "images"))
-        opts = TrainOptions(data=data, out=vq_dir, steps=s.vq_steps, batch_size=s.vq_batch,
+        scenes_2x = round(s.num_images * s.vq_2x_fraction)
+        if scenes_2x:  # other scenes than the transformer's (another seed), read as random windows at 1x the pixels
+            write_synth(str(vq_2x), scenes_2x, 2 * s.image_size, s.seed + 3000, num_heldout=0)
+            data.append(str(vq_2x / "images"))
+        opts = TrainOptions(data=data, out=vq_dir, steps=s.vq_steps, batch_size=s.vq_batch, random_crop=scenes_2x > 0,
                             lr=2e-3, warmup_steps=min(100, s.vq_steps // 10), workers=0, cache_images=True, save_every=10**9,
                             log_every=max(1, s.vq_steps // 6), seed=s.seed, resume=(vq_dir / "checkpoint.pt").exists())
         train_vqvae(cfg, opts, find_images(opts.data), log=lambda m: log("    " + m))
@@ -266,7 +276,7 @@ def run_demo(out: str | Path, settings: DemoSettings, log: Log = print, *, threa
 
     st.run("synthetic dataset", do_synth, (synth,))
     st.run("text tokenizer (SentencePiece)", do_text, (tok,))
-    st.run("image tokenizer (VQ-VAE)", do_vqvae, (vq_dir, vq_extra))
+    st.run("image tokenizer (VQ-VAE)", do_vqvae, (vq_dir, vq_extra, vq_2x))
     st.run("token shards", do_shards, (shards,))
     dropout = ["--hidden-dropout", str(s.dropout), "--attention-dropout", str(s.dropout)]
     st.run("pretrain CogView (DeepSpeed)", lambda: pretrain(train_args("text2image", s.gpt_iters) + dropout,
