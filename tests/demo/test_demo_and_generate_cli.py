@@ -35,6 +35,12 @@ def test_demo_writes_report_and_checkpoints(demo: Path) -> None:
     assert "held-out combinations" in (demo / "report" / "summary.md").read_text()
     assert scores["heldout"]["prompts"] == 10  # every held-out combination was prompted
     assert (demo / "checkpoints" / "text2image" / "latest").is_file()
+    # the tokenizer's extra scenes at twice the pixels (read as random windows at the model's size)
+    from megatron_cogview.demo.pipeline import FAST
+
+    twice = sorted((demo / "data" / "synth-vq-2x" / "images").glob("*.png"))
+    assert len(twice) == round(FAST.num_images * FAST.vq_2x_fraction) > 0
+    assert Image.open(twice[0]).size == (2 * FAST.image_size,) * 2
 
 
 def test_demo_rerun_skips_completed_stages(demo: Path, capsys: pytest.CaptureFixture[str]) -> None:
