@@ -97,7 +97,8 @@ class ImageFolderDataset(Dataset):
         return image[:, top : top + size, left : left + size]
 
     def _read(self, index: int) -> torch.Tensor:
-        """Pixels [3, S, S] in [0, 1] of item `index` (the next readable image when it cannot be read)."""
+        """Pixels [3, S, S] ([3, H, W] with random_crop) in [0, 1] of item `index` (the next readable image when it
+        cannot be read)."""
         for attempt in range(16):
             source = self.sources[(index + attempt) % len(self.sources)]
             try:
