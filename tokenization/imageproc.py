@@ -23,8 +23,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to size (bicubic, antialiased) and crop the centre size x size."""
+def resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
+    """Resize so that the shorter side is size (bicubic, antialiased), keeping the aspect ratio."""
     w, h = image.size
     if w < 1 or h < 1:
         raise TokenizationError(f"image has an empty side ({w}x{h}); drop it from the input")
@@ -32,6 +32,13 @@ def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
     if (nw, nh) != (w, h):
         image = image.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    return image
+
+
+def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to size (bicubic, antialiased) and crop the centre size x size."""
+    image = resize_shorter_side(image, size)
+    nw, nh = image.size
     left, top = (nw - size) // 2, (nh - size) // 2
     return image.crop((left, top, left + size, top + size))
 

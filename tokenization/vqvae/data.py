@@ -15,7 +15,7 @@ from torch.utils.data import Dataset, Sampler
 
 from tokenization.errors import TokenizationError
 from tokenization.image_files import ImageSource
-from tokenization.imageproc import load_image, normalize, pil_to_tensor, resize_center_crop, to_rgb
+from tokenization.imageproc import normalize, pil_to_tensor, resize_center_crop, resize_shorter_side, to_rgb
 
 
 class ImageFolderDataset(Dataset):
@@ -51,30 +51,24 @@ class ImageFolderDataset(Dataset):
         return state
 
     def _load(self, source: ImageSource) -> torch.Tensor:
-        if source.offset < 0 and not self.random_crop:
-            return load_image(source.path, self.image_size)
         if source.offset < 0:
-            with Image.open(source.path) as image:
-                return pil_to_tensor(self._fit(to_rgb(image)))
-        handle = self._handles.get(source.path)
-        if handle is None:
-            handle = self._handles[source.path] = open(source.path, "rb")
-        handle.seek(source.offset)
-        with Image.open(io.BytesIO(handle.read(source.size))) as image:
+            opened = Image.open(source.path)
+        else:
+            handle = self._handles.get(source.path)
+            if handle is None:
+                handle = self._handles[source.path] = open(source.path, "rb")
+            handle.seek(source.offset)
+            opened = Image.open(io.BytesIO(handle.read(source.size)))
+        with opened as image:
             if not self.random_crop:
-                image.draft("RGB", (self.image_size, self.image_size))
+                image.draft("RGB", (self.image_size, self.image_size))  # fast JPEG down-scaling when much larger
             return pil_to_tensor(self._fit(to_rgb(image)))
 
     def _fit(self, image: Image.Image) -> Image.Image:
         """Resized and centre-cropped to S x S; with random_crop kept at its own size unless a side is under S."""
         if not self.random_crop:
             return resize_center_crop(image, self.image_size)
-        w, h = image.size
-        if min(w, h) >= self.image_size:
-            return image
-        scale = self.image_size / max(1, min(w, h))
-        return image.resize((max(self.image_size, round(w * scale)), max(self.image_size, round(h * scale))),
-                            Image.Resampling.BICUBIC)
+        return image if min(image.size) >= self.image_size else resize_shorter_side(image, self.image_size)
 
     def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
         index, draw = key if isinstance(key, tuple) else (key, 0)
